@@ -1,0 +1,89 @@
+"""The shared skeleton of every sana_jax config: model, optimiser, data, training, sampling, mesh.
+
+Each preset module in this folder (tiny.py, sana_600m_p1_d28.py, ...) calls `base_config()` and
+overrides what differs. A config value has one name everywhere: config field, CLI override
+(`--config.optimizer.name=came_8bit`) and checkpoint metadata.
+"""
+import ml_collections
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """Architecture of the linear DiT (SANA_REFERENCE.md section 1). Defaults: the 1.6B SANA 1.0 model."""
+  m = ml_collections.ConfigDict()
+  m.name = "SanaMS_1600M_P1_D20"
+  m.in_channels = 32
+  m.out_channels = 32
+  m.patch_size = 1
+  m.hidden_size = 2240
+  m.depth = 20
+  m.linear_head_dim = 32          # self-attention heads = hidden_size // linear_head_dim
+  m.cross_num_heads = 20
+  m.cross_head_dim = 112          # cross-attention inner width = cross_num_heads * cross_head_dim
+  m.caption_channels = 2304       # Gemma-2-2B hidden size
+  m.mlp_ratio = 2.5
+  m.qk_norm = False               # SANA 1.5: RMSNorm on q and k (self- and cross-attention)
+  m.qk_norm_eps = 1e-5
+  m.norm_eps = 1e-6
+  m.linear_attn_eps = 1e-15       # diffusers' value; the NVlabs block passes 1e-8
+  m.use_pe = False                # sincos position embedding (2K / 4K checkpoints)
+  m.interpolation_scale = 1.0
+  m.sample_size = 32              # base latent size the sincos embedding is laid out for
+  m.attention_impl = "auto"       # "auto" | "pallas" | "xla"
+  m.remat_policy = "none"         # "none" | "full" | "dots" | "dots_no_batch" (see models/transformer.py)
+  m.dtype = "float32"             # compute dtype
+  m.param_dtype = "float32"
+  m.update(overrides)
+  return m
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+  """Objective, batch and loop settings (SANA_REFERENCE.md section 5 for the objective)."""
+  t = ml_collections.ConfigDict()
+  t.batch_size = 256              # global batch (all hosts, all micro-batches)
+  t.grad_accum_steps = 1          # micro-batches per update, accumulated with a lax.scan
+  t.num_steps = 100_000
+  t.ema_decay = 0.0               # 0 = no EMA copy of the weights (the SANA default)
+  t.flow_shift = 3.0
+  t.logit_mean = 0.0
+  t.logit_std = 1.0
+  t.caption_dropout = 0.1
+  t.log_every = 50                # steps between TensorBoard scalars
+  t.checkpoint_every = 1000
+  t.keep_checkpoints = 3
+  t.sample_every = 5000           # steps between sample grids (0 = only at the end)
+  t.update(overrides)
+  return t
+
+
+def mesh_config(**overrides) -> ml_collections.ConfigDict:
+  """Device mesh sizes (one may be -1: all remaining devices) and logical-axis -> mesh-axis rules."""
+  m = ml_collections.ConfigDict()
+  m.data = 1
+  m.fsdp = -1
+  m.tensor = 1
+  m.axis_rules = (("batch", ("data", "fsdp")), ("layers", None), ("embed", "fsdp"),
+                  ("heads", "tensor"), ("mlp", "tensor"))
+  m.update(overrides)
+  return m
+
+
+def sampling_config(**overrides) -> ml_collections.ConfigDict:
+  """Sample grids drawn during training from fixed prompts."""
+  s = ml_collections.ConfigDict()
+  s.sampler = "flow_euler"
+  s.num_steps = 20
+  s.guidance_scale = 4.5
+  s.flow_shift = 3.0
+  s.num_images = 8
+  s.update(overrides)
+  return s
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = model_config()
+  c.train = train_config()
+  c.mesh = mesh_config()
+  c.sampling = sampling_config()
+  c.seed = 0
+  return c

@@ -1,0 +1,9 @@
+"""SanaMS_1600M_P1_D20: width 2240, depth 20, 20 cross-attention heads of 112."""
+from configs.base import base_config
+
+
+def get_config():
+  c = base_config()
+  c.model.update(name="SanaMS_1600M_P1_D20", hidden_size=2240, depth=20, cross_num_heads=20,
+                 cross_head_dim=112, qk_norm=False)
+  return c

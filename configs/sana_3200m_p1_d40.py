@@ -1,0 +1,9 @@
+"""SanaMS_3200M_P1_D40: width 2240, depth 40, 20 cross-attention heads of 112."""
+from configs.base import base_config
+
+
+def get_config():
+  c = base_config()
+  c.model.update(name="SanaMS_3200M_P1_D40", hidden_size=2240, depth=40, cross_num_heads=20,
+                 cross_head_dim=112, qk_norm=False)
+  return c

@@ -1,0 +1,1 @@
+"""PyTorch (diffusers / NVlabs) <-> sana_jax checkpoint conversion."""

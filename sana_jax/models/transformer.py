@@ -1,0 +1,277 @@
+"""The SANA linear diffusion transformer (SANA 1.0 and 1.5) in Flax NNX.
+
+One file, top to bottom as the forward pass runs: patch embedding, timestep and caption
+conditioning, a stack of `SanaBlock`s (linear self-attention, softmax cross-attention, Mix-FFN)
+run as one `lax.scan` over a stacked layer axis, and the modulated output head.
+
+Call contract (every other part of sana_jax relies on it):
+  model(latents [B, H, W, C_in], timesteps [B] in 0..1000, text [B, L, caption_channels],
+        text_mask [B, L] with 1 = token, 0 = padding) -> velocity [B, H, W, C_out]
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+import kernels
+from sana_jax.models.layers import (RMSNorm, dense, layer_norm, partitioned, sincos_pos_embed_2d,
+                                    timestep_sinusoid)
+
+# Additive bias on padded text keys; the reference uses -10000 rather than -inf.
+_TEXT_MASK_BIAS = -10000.0
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _dtypes(cfg):
+  return jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+
+class LinearSelfAttention(nnx.Module):
+  """ReLU linear attention over image tokens (heads of `linear_head_dim`), optional q/k RMSNorm."""
+
+  def __init__(self, cfg, *, rngs):
+    dtype, pdtype = _dtypes(cfg)
+    d = cfg.hidden_size
+    self.num_heads = d // cfg.linear_head_dim
+    self.eps = cfg.linear_attn_eps
+    self.impl = cfg.attention_impl
+    kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    self.to_q = dense(d, d, ("embed", "heads"), use_bias=False, **kw)
+    self.to_k = dense(d, d, ("embed", "heads"), use_bias=False, **kw)
+    self.to_v = dense(d, d, ("embed", "heads"), use_bias=False, **kw)
+    self.to_out = dense(d, d, ("heads", "embed"), **kw)
+    if cfg.qk_norm:
+      self.norm_q = RMSNorm(d, eps=cfg.qk_norm_eps, name="heads", param_dtype=pdtype)
+      self.norm_k = RMSNorm(d, eps=cfg.qk_norm_eps, name="heads", param_dtype=pdtype)
+    else:
+      self.norm_q = self.norm_k = None
+
+  def __call__(self, x):
+    b, n, d = x.shape
+    q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+    if self.norm_q is not None:
+      q, k = self.norm_q(q), self.norm_k(k)
+    split = lambda t: t.reshape(b, n, self.num_heads, d // self.num_heads)  # [B, N, H, d]
+    out = kernels.linear_attention(split(q), split(k), split(v), eps=self.eps, impl=self.impl)
+    return self.to_out(out.reshape(b, n, d))
+
+
+class CrossAttention(nnx.Module):
+  """Softmax attention from image tokens to caption tokens, padded keys masked additively."""
+
+  def __init__(self, cfg, *, rngs):
+    dtype, pdtype = _dtypes(cfg)
+    d = cfg.hidden_size
+    inner = cfg.cross_num_heads * cfg.cross_head_dim
+    self.num_heads, self.head_dim = cfg.cross_num_heads, cfg.cross_head_dim
+    kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    self.to_q = dense(d, inner, ("embed", "heads"), **kw)
+    self.to_k = dense(d, inner, ("embed", "heads"), **kw)
+    self.to_v = dense(d, inner, ("embed", "heads"), **kw)
+    self.to_out = dense(inner, d, ("heads", "embed"), **kw)
+    if cfg.qk_norm:
+      self.norm_q = RMSNorm(inner, eps=cfg.qk_norm_eps, name="heads", param_dtype=pdtype)
+      self.norm_k = RMSNorm(inner, eps=cfg.qk_norm_eps, name="heads", param_dtype=pdtype)
+    else:
+      self.norm_q = self.norm_k = None
+
+  def __call__(self, x, text, text_bias):
+    b, n, _ = x.shape
+    q, k, v = self.to_q(x), self.to_k(text), self.to_v(text)
+    if self.norm_q is not None:
+      q, k = self.norm_q(q), self.norm_k(k)
+    heads = lambda t: t.reshape(b, t.shape[1], self.num_heads, self.head_dim)  # [B, T, H, d]
+    scores = jnp.einsum("bnhd,blhd->bhnl", heads(q), heads(k)) / jnp.sqrt(self.head_dim).astype(q.dtype)
+    scores = scores.astype(jnp.float32) + text_bias[:, None, None, :]  # [B, H, N, L]
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhnl,blhd->bnhd", probs, heads(v)).reshape(b, n, -1)
+    return self.to_out(out)
+
+
+class MixFFN(nnx.Module):
+  """GLUMBConv: 1x1 expand -> SiLU -> 3x3 depthwise -> GLU(value, SiLU(gate)) -> 1x1 project (no bias)."""
+
+  def __init__(self, cfg, *, rngs):
+    dtype, pdtype = _dtypes(cfg)
+    d = cfg.hidden_size
+    hidden = int(cfg.mlp_ratio * d)
+    kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    self.conv_inverted = dense(d, 2 * hidden, ("embed", "mlp"), **kw)
+    self.conv_depth = nnx.Conv(
+        2 * hidden, 2 * hidden, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+        feature_group_count=2 * hidden, dtype=dtype, param_dtype=pdtype,
+        kernel_init=partitioned(nnx.initializers.lecun_normal(), (None, None, None, "mlp")),
+        bias_init=partitioned(nnx.initializers.zeros_init(), ("mlp",)), rngs=rngs)
+    self.conv_point = dense(hidden, d, ("mlp", "embed"), use_bias=False, **kw)
+
+  def __call__(self, x, height, width):
+    b, n, _ = x.shape
+    h = jax.nn.silu(self.conv_inverted(x)).reshape(b, height, width, -1)  # [B, H, W, 2h]
+    h = self.conv_depth(h).reshape(b, n, -1)
+    value, gate = jnp.split(h, 2, axis=-1)
+    return self.conv_point(value * jax.nn.silu(gate))
+
+
+class SanaBlock(nnx.Module):
+  """adaLN-single modulated block: x += g1*LinAttn(mod(LN x)); x += CrossAttn(x); x += g2*FFN(mod(LN x))."""
+
+  def __init__(self, cfg, *, rngs):
+    _, pdtype = _dtypes(cfg)
+    d = cfg.hidden_size
+    self.norm_eps = cfg.norm_eps
+    self.attn = LinearSelfAttention(cfg, rngs=rngs)
+    self.cross_attn = CrossAttention(cfg, rngs=rngs)
+    self.ffn = MixFFN(cfg, rngs=rngs)
+    table = jax.random.normal(rngs.params(), (6, d), jnp.float32) / d**0.5
+    self.scale_shift_table = nnx.Param(table.astype(pdtype), out_sharding=(None, "embed"),
+                                    eager_sharding=False)
+
+  def __call__(self, x, t0, text, text_bias, height, width):
+    b, _, d = x.shape
+    mod = self.scale_shift_table[...][None].astype(t0.dtype) + t0.reshape(b, 6, d)  # [B, 6, D]
+    shift1, scale1, gate1, shift2, scale2, gate2 = [mod[:, i:i + 1] for i in range(6)]
+    h = layer_norm(x, self.norm_eps) * (1 + scale1) + shift1
+    x = x + gate1 * self.attn(h.astype(x.dtype))
+    x = x + self.cross_attn(x, text, text_bias)
+    h = layer_norm(x, self.norm_eps) * (1 + scale2) + shift2
+    return x + gate2 * self.ffn(h.astype(x.dtype), height, width)
+
+
+class SanaTransformer(nnx.Module):
+  """The whole linear DiT; see the module docstring for the call contract."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    if cfg.hidden_size % cfg.linear_head_dim:
+      raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of linear_head_dim "
+                       f"{cfg.linear_head_dim}")
+    if cfg.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}; choose from {list(REMAT_POLICIES)}")
+    self.cfg = ml_collections.FrozenConfigDict(cfg)
+    dtype, pdtype = _dtypes(cfg)
+    self.dtype = dtype
+    d, p = cfg.hidden_size, cfg.patch_size
+    kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    normal = nnx.initializers.normal(0.02)
+
+    self.patch_embed = nnx.Conv(
+        cfg.in_channels, d, kernel_size=(p, p), strides=(p, p), padding="VALID",
+        kernel_init=partitioned(nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
+                                (None, None, None, "embed")),
+        bias_init=partitioned(nnx.initializers.zeros_init(), ("embed",)), **kw)
+    # Timestep: 256-d sinusoid -> MLP = t; t0 = Linear(SiLU(t)) gives the 6 block modulations.
+    self.t_embed_1 = dense(256, d, (None, "embed"), kernel_init=normal, **kw)
+    self.t_embed_2 = dense(d, d, ("mlp", "embed"), kernel_init=normal, **kw)
+    self.t_block = dense(d, 6 * d, ("embed", "mlp"), kernel_init=normal, **kw)
+    # Caption: Linear -> GELU(tanh) -> Linear -> RMSNorm.
+    self.caption_proj_1 = dense(cfg.caption_channels, d, (None, "embed"), kernel_init=normal, **kw)
+    self.caption_proj_2 = dense(d, d, ("mlp", "embed"), kernel_init=normal, **kw)
+    self.caption_norm = RMSNorm(d, eps=1e-5, name="embed", param_dtype=pdtype,
+                                init_value=cfg.get("caption_norm_init", 1.0))
+
+    @nnx.split_rngs(splits=cfg.depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_blocks(rngs):
+      return SanaBlock(cfg, rngs=rngs)
+
+    self.blocks = make_blocks(rngs)  # every leaf [depth, ...]
+
+    table = jax.random.normal(rngs.params(), (2, d), jnp.float32) / d**0.5
+    self.final_scale_shift_table = nnx.Param(table.astype(pdtype), out_sharding=(None, "embed"),
+                                    eager_sharding=False)
+    self.proj_out = dense(d, p * p * cfg.out_channels, ("embed", None), **kw)
+
+  @property
+  def depth(self) -> int:
+    return self.cfg.depth
+
+  def embed_conditions(self, timesteps, text, text_mask):
+    """-> (t [B, D], t0 [B, 6D], caption features [B, L, D], additive key bias [B, L] float32)."""
+    t = self.t_embed_2(jax.nn.silu(self.t_embed_1(timestep_sinusoid(timesteps).astype(self.dtype))))
+    t0 = self.t_block(jax.nn.silu(t))
+    text = self.caption_proj_2(jax.nn.gelu(self.caption_proj_1(text.astype(self.dtype)), approximate=True))
+    text = self.caption_norm(text)
+    text_bias = (1.0 - text_mask.astype(jnp.float32)) * _TEXT_MASK_BIAS
+    return t, t0, text, text_bias
+
+  def embed_latents(self, latents):
+    """[B, H, W, C] -> tokens [B, N, D] (row-major), plus the patch grid (h, w)."""
+    cfg = self.cfg
+    b, height, width, c = latents.shape
+    p = cfg.patch_size
+    if height % p or width % p:
+      raise ValueError(f"latent size {height}x{width} is not divisible by patch_size {p}")
+    if c != cfg.in_channels:
+      raise ValueError(f"latents have {c} channels, the model expects in_channels={cfg.in_channels}")
+    h, w = height // p, width // p
+    x = self.patch_embed(latents.astype(self.dtype)).reshape(b, h * w, cfg.hidden_size)
+    if cfg.use_pe:
+      pe = sincos_pos_embed_2d(cfg.hidden_size, h, w, cfg.sample_size // p, cfg.interpolation_scale)
+      x = (x.astype(jnp.float32) + pe[None]).astype(self.dtype)
+    return x, (h, w)
+
+  def run_blocks(self, x, t0, text, text_bias, grid, *, collect_block_io=False):
+    """Runs the stacked blocks with one scan. With collect_block_io also returns every block's
+    (input, output) tokens stacked on a leading layer axis (used by block-importance pruning)."""
+    graphdef, state = nnx.split(self.blocks)
+    h, w = grid
+
+    def body(carry, block_state):
+      block = nnx.merge(graphdef, block_state)
+      out = block(carry, t0, text, text_bias, h, w)
+      return out, ((carry, out) if collect_block_io else None)
+
+    policy = self.cfg.remat_policy
+    if policy != "none":
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[policy], prevent_cse=False)
+    return jax.lax.scan(body, x, state)
+
+  def unpatchify(self, x, t, grid):
+    """Modulated norm + projection, tokens [B, N, D] -> [B, H, W, C_out]."""
+    cfg = self.cfg
+    b = x.shape[0]
+    h, w = grid
+    p = cfg.patch_size
+    shift, scale = jnp.split(self.final_scale_shift_table[...][None].astype(t.dtype) + t[:, None], 2, axis=1)
+    x = layer_norm(x, cfg.norm_eps) * (1 + scale) + shift
+    x = self.proj_out(x.astype(self.dtype))  # [B, N, p*p*C]
+    x = x.reshape(b, h, w, p, p, cfg.out_channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * p, w * p, cfg.out_channels)
+
+  def __call__(self, latents, timesteps, text, text_mask):
+    _check_inputs(latents, timesteps, text, text_mask, self.cfg.caption_channels)
+    x, grid = self.embed_latents(latents)
+    t, t0, text, text_bias = self.embed_conditions(timesteps, text, text_mask)
+    x, _ = self.run_blocks(x, t0, text, text_bias, grid)
+    return self.unpatchify(x, t, grid).astype(latents.dtype)
+
+
+def _check_inputs(latents, timesteps, text, text_mask, caption_channels):
+  if latents.ndim != 4:
+    raise ValueError(f"latents must be [B, H, W, C] (NHWC), got shape {latents.shape}")
+  b = latents.shape[0]
+  if timesteps.shape != (b,):
+    raise ValueError(f"timesteps must be [B]=[{b}], got shape {timesteps.shape}")
+  if text.ndim != 3 or text.shape[0] != b or text.shape[2] != caption_channels:
+    raise ValueError(f"text must be [B, L, {caption_channels}] with B={b}, got shape {text.shape}")
+  if text_mask.shape != text.shape[:2]:
+    raise ValueError(f"text_mask must be [B, L]={text.shape[:2]}, got shape {text_mask.shape}")
+
+
+def abstract_transformer(cfg: ml_collections.ConfigDict) -> SanaTransformer:
+  """The model with ShapeDtypeStructs instead of arrays: sizes and shardings, nothing allocated."""
+  return nnx.eval_shape(lambda: SanaTransformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def count_params(model_or_cfg) -> int:
+  """Number of parameters of a model, or of the model a config describes (computed abstractly)."""
+  model = model_or_cfg
+  if isinstance(model_or_cfg, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+    model = abstract_transformer(model_or_cfg)
+  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
