@@ -23,6 +23,7 @@ setup(
         "array-record",
         "tokenizers",
         "matplotlib",
+        "transformers>=5.0",
     ],
     extras_require={
         "test": [

@@ -275,14 +275,13 @@ def _depth_of(names) -> int:
   return max(idx) + 1 if idx else 0
 
 
-def state_from_source(source: TensorSource, cfg, dtype=jnp.float32) -> nnx.State:
-  """Builds the model's parameter state from diffusers-named tensors, validating every name and shape.
+def validate_source(source: TensorSource, cfg) -> list:
+  """Checks every name and shape of a diffusers-named source against the model `cfg` describes.
 
-  All problems are gathered and raised together as one CheckpointError.
+  Returns the mapping entries; all problems are gathered and raised together as one CheckpointError.
+  Only shapes are read, so this also checks a 4.8B checkpoint layout without loading it.
   """
-  abstract = abstract_transformer(cfg)
-  target = nnx.state(abstract, nnx.Param)
-  flat_target = dict(nnx.to_flat_state(target))
+  flat_target = dict(nnx.to_flat_state(nnx.state(abstract_transformer(cfg), nnx.Param)))
   entries = _entries(cfg.qk_norm)
   depth = cfg.depth
   missing, misshaped, wanted = [], [], set()
@@ -309,6 +308,17 @@ def state_from_source(source: TensorSource, cfg, dtype=jnp.float32) -> nnx.State
         lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:40]) +
                      (" ..." if len(items) > 40 else ""))
     raise CheckpointError("\n".join(lines))
+  return entries
+
+
+def state_from_source(source: TensorSource, cfg, dtype=jnp.float32) -> nnx.State:
+  """Builds the model's parameter state from diffusers-named tensors, after `validate_source`.
+
+  Tensors are read, transposed and cast one at a time; block tensors are stacked per parameter.
+  """
+  entries = validate_source(source, cfg)
+  flat_target = dict(nnx.to_flat_state(nnx.state(abstract_transformer(cfg), nnx.Param)))
+  depth = cfg.depth
 
   def load(name, kind):
     return jnp.asarray(_KINDS[kind][0](source.get(name)), dtype=dtype)

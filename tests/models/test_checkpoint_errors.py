@@ -109,3 +109,21 @@ def test_convert_cli_round_trip(reference, tmp_path):
   x = np.ones((1, 4, 4, 4), np.float32)
   args = (x, np.array([10.0], np.float32), np.ones((1, 3, 24), np.float32), np.ones((1, 3)))
   np.testing.assert_array_equal(np.asarray(a(*args)), np.asarray(b(*args)))
+
+
+def test_nvlabs_4p8b_layout_validates_without_loading():
+  """The 60-block SANA 1.5 layout (fused qkv/kv, q/k norms) maps onto our 4.8B config; shapes only."""
+  from diffusers import SanaTransformer2DModel
+  from sana_jax.convert.transformer import config_to_diffusers, nvlabs_source, validate_source
+  cfg = configs.get_config("SanaMS1.5_4800M_P1_D60").model
+  with torch.device("meta"):
+    ref = SanaTransformer2DModel(**{k: v for k, v in config_to_diffusers(cfg).items() if k != "_class_name"})
+  nvlabs = {"model.diffusion_model." + k: v for k, v in diffusers_to_nvlabs(dict(ref.state_dict())).items()}
+  assert "model.diffusion_model.blocks.59.attn.qkv.weight" in nvlabs
+  source, extras = nvlabs_source(nvlabs)
+  assert extras["unknown"] == []
+  entries = validate_source(source, cfg)
+  assert len(source.names) == sum(60 if e.in_block else 1 for e in entries)
+  cfg.depth = 20
+  with pytest.raises(CheckpointError, match="the checkpoint has 60 blocks, the config 20"):
+    validate_source(source, cfg)
