@@ -1,0 +1,1 @@
+"""Sampling: prompt encoding, flow samplers and the text-to-image pipeline."""
