@@ -42,6 +42,8 @@ class LinearSelfAttention(nnx.Module):
     self.num_heads = d // cfg.linear_head_dim
     self.eps = cfg.linear_attn_eps
     self.impl = cfg.attention_impl
+    self.seq_axis = cfg.get("seq_parallel_axis")
+    self.batch_axis = cfg.get("seq_parallel_batch_axis")
     kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
     self.to_q = dense(d, d, ("embed", "heads"), use_bias=False, **kw)
     self.to_k = dense(d, d, ("embed", "heads"), use_bias=False, **kw)
@@ -59,7 +61,14 @@ class LinearSelfAttention(nnx.Module):
     if self.norm_q is not None:
       q, k = self.norm_q(q), self.norm_k(k)
     split = lambda t: t.reshape(b, n, self.num_heads, d // self.num_heads)  # [B, N, H, d]
-    out = kernels.linear_attention(split(q), split(k), split(v), eps=self.eps, impl=self.impl)
+    parallel = {}
+    if self.seq_axis:
+      mesh = jax.sharding.get_abstract_mesh()
+      if mesh.empty:
+        raise ValueError(f"seq_parallel_axis={self.seq_axis!r} needs a mesh: call the model under "
+                         "jax.set_mesh(mesh)")
+      parallel = dict(mesh=mesh, seq_axis=self.seq_axis, batch_axis=self.batch_axis)
+    out = kernels.linear_attention(split(q), split(k), split(v), eps=self.eps, impl=self.impl, **parallel)
     return self.to_out(out.reshape(b, n, d))
 
 

@@ -1,0 +1,93 @@
+"""Benchmark ReLU linear attention against softmax attention: time and compiled peak memory.
+
+For N tokens at H x d heads (default 70 x 32, the 1.6B / 4.8B shape) it measures, forward and
+forward+backward: the XLA (jnp) linear attention, softmax attention (`jax.nn.dot_product_attention`)
+and, on a TPU / GPU, the Pallas kernels. Memory is XLA's compiled estimate
+(`jit(f).lower(...).compile().memory_analysis()`: arguments + outputs + temporaries), so it is
+reported even where running would not fit. time(4N) / time(N) is printed per column: linear
+growth gives about 4, quadratic about 16.
+
+  python bench/linear_attention.py                     # N = 1K, 4K, 16K, 64K, float32
+  python bench/linear_attention.py --dtype bfloat16 --n 16384
+"""
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+import kernels
+
+
+def _attention_fns(eps):
+  fns = {
+      "xla_linear": lambda q, k, v: kernels.linear_attention(q, k, v, eps=eps, impl="xla"),
+      "softmax": lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
+  }
+  if jax.default_backend() in ("tpu", "gpu"):
+    fns["pallas_linear"] = lambda q, k, v: kernels.linear_attention(q, k, v, eps=eps,
+                                                                    impl="pallas")
+  return fns
+
+
+def _fwd_bwd(fn):
+  def loss(q, k, v):
+    return jnp.sum(fn(q, k, v).astype(jnp.float32))
+  return jax.grad(loss, argnums=(0, 1, 2))
+
+
+def _peak_bytes(compiled):
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+
+
+def _time(compiled, args, repeats):
+  jax.block_until_ready(compiled(*args))  # warm-up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return sorted(times)[len(times) // 2]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+  parser.add_argument("--heads", type=int, default=70)
+  parser.add_argument("--head-dim", type=int, default=32)
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--max-run-gib", type=float, default=8.0,
+                      help="skip timing (memory is still reported) above this compiled peak")
+  args = parser.parse_args()
+  dtype = jnp.dtype(args.dtype)
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+        f"B={args.batch}, H x d = {args.heads} x {args.head_dim}, {dtype.name}")
+  results = {}  # (impl, mode, n) -> seconds or None
+  for n in args.n:
+    shape = (args.batch, n, args.heads, args.head_dim)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    qkv = [jax.random.normal(key, shape, jnp.float32).astype(dtype) for key in keys]
+    for name, fn in _attention_fns(1e-15).items():
+      for mode, f in (("fwd", fn), ("fwd+bwd", _fwd_bwd(fn))):
+        compiled = jax.jit(f).lower(*qkv).compile()
+        peak = _peak_bytes(compiled)
+        fits = peak is None or peak <= args.max_run_gib * 2**30
+        seconds = _time(compiled, qkv, args.repeats) if fits else None
+        results[name, mode, n] = seconds
+        shown = f"{seconds * 1e3:10.2f} ms" if seconds is not None else "   skipped   "
+        mem = f"{peak / 2**20:12.1f} MiB" if peak is not None else "n/a"
+        print(f"N={n:6d} {name:14s} {mode:8s} {shown} peak {mem}", flush=True)
+  print("\ntime(4N) / time(N):")
+  for (name, mode, n), seconds in sorted(results.items()):
+    longer = results.get((name, mode, 4 * n))
+    if seconds and longer:
+      print(f"  {name:14s} {mode:8s} N={n:6d} -> {4 * n:6d}: {longer / seconds:6.2f}")
+
+
+if __name__ == "__main__":
+  main()
