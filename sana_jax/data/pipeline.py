@@ -4,6 +4,7 @@
                     shard_count=jax.process_count())
   batch = next(it)    # {"images": float32 [B, H, W, 3] in [-1, 1], "captions": str [B], "indices": [B]}
                       # (+ "specs": SceneSpec JSON [B] for the shapes dataset), B = global / shard_count
+                      # data.name="cache": "latents", "text", "text_mask" instead of "images" (cache.py)
   state = it.get_state()          # save beside the model checkpoint
   it.set_state(state)             # resume: the next batches are exactly the ones that followed
 
@@ -26,7 +27,7 @@ from absl import flags
 from sana_jax.data import buckets, shapes
 
 log = logging.getLogger(__name__)
-SOURCES = ("shapes", "folder", "tfds")  # "cache" (pre-encoded latents) arrives with `sana_jax.preprocess`
+SOURCES = ("shapes", "folder", "tfds", "cache")  # "cache": latents written by `sana_jax.preprocess`
 _MAX_CONSECUTIVE_FAILURES = 32
 
 
@@ -34,7 +35,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   """The `data` section of a training config; defaults train on 32x32 synthetic shapes."""
   c = ml_collections.ConfigDict()
   c.name = "shapes"              # one of SOURCES
-  c.path = ""                    # folder of images + captions (name="folder")
+  c.path = ""                    # folder of images + captions (name="folder") or the cache (name="cache")
   c.json_caption_key = "prompt"  # caption field of a folder's .json files
   c.tfds_name = ""               # e.g. "my_dataset" or "my_dataset/config:1.0.0" (name="tfds")
   c.tfds_data_dir = ""           # "" = TFDS's default data dir
@@ -66,6 +67,11 @@ def build_source(cfg: ml_collections.ConfigDict):
   if cfg.name == "tfds":
     from sana_jax.data.tfds_source import TfdsSource
     return TfdsSource(cfg.tfds_name, cfg.split, cfg.tfds_data_dir, cfg.tfds_image_key, cfg.tfds_caption_key)
+  if cfg.name == "cache":
+    from sana_jax.data.cache import CacheSource
+    if not cfg.path:
+      raise ValueError("data.name='cache' needs data.path, the folder written by `python -m sana_jax.preprocess`")
+    return CacheSource(cfg.path)
   raise ValueError(f"unknown data.name {cfg.name!r}; choose one of {SOURCES}")
 
 
@@ -121,10 +127,12 @@ class _BatchLoader:
   def __call__(self, batch_number: int) -> dict:
     epoch, position = divmod(int(batch_number), self.batches_per_epoch)
     indices = self._plan(epoch)[position][self.host_slice]
+    loaded = [self._load(int(index)) for index in indices]
+    if hasattr(self.source, "collate"):  # pre-encoded records (the latent cache) are stacked as they are
+      return self.source.collate(loaded)
     height, width = self.sizes[self.bucket_ids[indices[0]]]
     images, captions, used, specs = [], [], [], []
-    for index in indices:
-      used_index, record = self._load(int(index))
+    for used_index, record in loaded:
       image = buckets.resize_center_crop(record["image"], height, width)
       images.append(image.astype(np.float32) / 127.5 - 1.0)
       captions.append(record["caption"])
@@ -149,13 +157,16 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, global_batch_size: int, se
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
   source = build_source(data_cfg) if source is None else source
-  table = bucket_table(data_cfg)
-  keys = list(table)
-  sizes = np.asarray([table[k] for k in keys], np.int64)  # [num_buckets, 2]
-  if data_cfg.multi_scale:
-    bucket_ids = np.asarray([keys.index(buckets.nearest_bucket(h, w, table)) for h, w in source.image_sizes()])
+  if hasattr(source, "bucket_ids"):  # the latent cache fixed its buckets when it was written
+    keys, sizes, bucket_ids = source.bucket_keys(), source.bucket_sizes(), source.bucket_ids()
   else:
-    bucket_ids = np.zeros(len(source), np.int64)
+    table = bucket_table(data_cfg)
+    keys = list(table)
+    sizes = np.asarray([table[k] for k in keys], np.int64)  # [num_buckets, 2]
+    if data_cfg.multi_scale:
+      bucket_ids = np.asarray([keys.index(buckets.nearest_bucket(h, w, table)) for h, w in source.image_sizes()])
+    else:
+      bucket_ids = np.zeros(len(source), np.int64)
   loader = _BatchLoader(source, sizes, bucket_ids, global_batch_size, seed, shard_index, shard_count)
   num_batches = sys.maxsize if data_cfg.num_epochs is None else data_cfg.num_epochs * loader.batches_per_epoch
   log.info("data: %r, %d batches of %d per epoch, buckets used: %s", source, loader.batches_per_epoch,
