@@ -6,6 +6,9 @@ overrides what differs. A config value has one name everywhere: config field, CL
 """
 import ml_collections
 
+from sana_jax.data.pipeline import default_data_config
+from sana_jax.optim.registry import default_optimizer_config
+
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
   """Architecture of the linear DiT (SANA_REFERENCE.md section 1). Defaults: the 1.6B SANA 1.0 model."""
@@ -29,6 +32,10 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   m.interpolation_scale = 1.0
   m.sample_size = 32              # base latent size the sincos embedding is laid out for
   m.attention_impl = "auto"       # "auto" | "pallas" | "xla"
+  # Sequence parallelism for linear attention: the mesh axis the image tokens are split over
+  # (None = off) and the axis (or axes) the batch is sharded over. Needs `jax.set_mesh(mesh)`.
+  m.seq_parallel_axis = None
+  m.seq_parallel_batch_axis = None
   m.remat_policy = "none"         # "none" | "full" | "dots" | "dots_no_batch" (see models/transformer.py)
   m.dtype = "float32"             # compute dtype
   m.param_dtype = "float32"
@@ -74,14 +81,29 @@ def sampling_config(**overrides) -> ml_collections.ConfigDict:
   s.num_steps = 20
   s.guidance_scale = 4.5
   s.flow_shift = 3.0
-  s.num_images = 8
+  s.num_images = 8               # images per sample grid (held-out prompts)
+  s.num_eval_images = 0           # shapes data: images scored by the shapes evaluator at the end
   s.update(overrides)
   return s
+
+
+def codecs_config(**overrides) -> ml_collections.ConfigDict:
+  """Autoencoder and text encoder that turn images and captions into model inputs."""
+  c = ml_collections.ConfigDict()
+  c.autoencoder = "dc-ae-f32c32"  # or "space_to_depth" (built in, parameter-free)
+  c.autoencoder_factor = 32       # spatial compression
+  c.text_encoder = "gemma-2-2b-it"  # or "word_embedding" (built in, parameter-free)
+  c.max_text_length = 300
+  c.update(overrides)
+  return c
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = model_config()
+  c.codecs = codecs_config()
+  c.data = default_data_config()
+  c.optimizer = default_optimizer_config()
   c.train = train_config()
   c.mesh = mesh_config()
   c.sampling = sampling_config()

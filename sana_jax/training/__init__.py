@@ -1,0 +1,1 @@
+"""Training: objective, train state, sharded step, checkpoints, loop, capacity planning."""

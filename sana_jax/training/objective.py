@@ -1,0 +1,62 @@
+"""Rectified-flow training objective of SANA (SANA_REFERENCE.md section 5).
+
+A clean latent x0 and noise eps are mixed as x_t = (1 - sigma) x0 + sigma eps; the model sees
+timestep sigma * 1000 and must predict the velocity eps - x0. sigma is drawn on the 1000-point
+training grid by a logit-normal index and then shifted towards noise by `flow_shift`:
+    i = floor(sigmoid(N(mean, std)) * 1000),  sigma = shift(grid[i]),  grid = linspace(0, 0.999, 1000)
+    shift(s) = flow_shift * s / (1 + (flow_shift - 1) * s)
+The loss is the plain (unweighted) mean squared error. Caption dropout swaps a sample's caption
+embedding for the null-prompt embedding and keeps its mask, as NVlabs does.
+"""
+import jax
+import jax.numpy as jnp
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_sigma(sigma, flow_shift):
+  """Moves sigma in [0, 1] towards 1 (more noise) for flow_shift > 1; 0 and 1 stay fixed."""
+  return flow_shift * sigma / (1.0 + (flow_shift - 1.0) * sigma)
+
+
+def sample_sigmas(rng, batch_size, *, flow_shift, logit_mean=0.0, logit_std=1.0):
+  """Logit-normal index on the training grid, shifted: -> sigma [B] float32 in [0, 0.999]."""
+  u = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, (batch_size,), jnp.float32))
+  index = jnp.clip(jnp.floor(u * NUM_TRAIN_TIMESTEPS), 0, NUM_TRAIN_TIMESTEPS - 1)
+  grid = jnp.linspace(0.0, 0.999, NUM_TRAIN_TIMESTEPS, dtype=jnp.float32)
+  return shift_sigma(grid[index.astype(jnp.int32)], flow_shift)
+
+
+def noisy_latents(x0, noise, sigma):
+  """x_t = (1 - sigma) x0 + sigma noise, sigma [B] broadcast over [B, H, W, C]."""
+  s = sigma.reshape((-1,) + (1,) * (x0.ndim - 1)).astype(x0.dtype)
+  return (1.0 - s) * x0 + s * noise
+
+
+def drop_captions(rng, text, null_text, probability):
+  """Replaces each sample's caption [B, L, C] by the null prompt [L, C] with `probability`."""
+  if probability <= 0.0:
+    return text
+  if null_text.shape != text.shape[1:]:
+    raise ValueError(f"null-prompt embedding must be [L, C]={text.shape[1:]}, got {null_text.shape}")
+  drop = jax.random.uniform(rng, (text.shape[0],)) < probability
+  return jnp.where(drop[:, None, None], null_text[None].astype(text.dtype), text)
+
+
+def flow_matching_loss(model, batch, rng, *, null_text, flow_shift, logit_mean=0.0, logit_std=1.0,
+                       caption_dropout=0.0):
+  """Mean squared velocity error of `model` on one batch.
+
+  batch: "latents" [B, H, W, C] (already scaled), "text" [B, L, C_text], "text_mask" [B, L].
+  Returns (loss, aux) with aux = {"sigma": [B]} for logging.
+  """
+  x0 = batch["latents"].astype(jnp.float32)
+  rng_sigma, rng_noise, rng_drop = jax.random.split(rng, 3)
+  sigma = sample_sigmas(rng_sigma, x0.shape[0], flow_shift=flow_shift, logit_mean=logit_mean,
+                        logit_std=logit_std)
+  noise = jax.random.normal(rng_noise, x0.shape, jnp.float32)
+  text = drop_captions(rng_drop, batch["text"], null_text, caption_dropout)
+  x_t = noisy_latents(x0, noise, sigma)
+  velocity = model(x_t, sigma * NUM_TRAIN_TIMESTEPS, text, batch["text_mask"])
+  loss = jnp.mean(jnp.square(velocity.astype(jnp.float32) - (noise - x0)))
+  return loss, {"sigma": sigma}

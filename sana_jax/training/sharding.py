@@ -1,0 +1,129 @@
+"""Device mesh, logical-axis rules and input assembly (MaxText style).
+
+The model names the axes of every weight logically ("layers", "embed", "heads", "mlp"); the config
+maps those names to the three mesh axes:
+  data    pure data parallelism (weights replicated),
+  fsdp    data parallelism with weights and optimiser state sharded (ZeRO-3),
+  tensor  tensor parallelism over attention heads and the FFN hidden width.
+The batch is split over data x fsdp. A dimension whose size a mesh axis does not divide stays
+replicated, so every rule set works with every model size.
+"""
+import math
+import os
+
+import jax
+from jax.experimental import mesh_utils
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+def mesh_shape(mesh_cfg, num_devices: int) -> dict:
+  """{"data": d, "fsdp": f, "tensor": t} from the config; one axis may be -1 (fills the rest)."""
+  sizes = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}
+  fill = [a for a, s in sizes.items() if s == -1]
+  if len(fill) > 1:
+    raise ValueError(f"only one mesh axis may be -1, got {fill}")
+  if any(s == 0 or s < -1 for s in sizes.values()):
+    raise ValueError(f"mesh axis sizes must be positive or -1, got {sizes}")
+  known = math.prod(s for s in sizes.values() if s != -1)
+  if fill:
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices cannot be split as {sizes}")
+    sizes[fill[0]] = num_devices // known
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, have {num_devices}")
+  return sizes
+
+
+def create_mesh(mesh_cfg, devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all), laid out for the interconnect."""
+  devices = jax.devices() if devices is None else list(devices)
+  shape = mesh_shape(mesh_cfg, len(devices))
+  dims = tuple(shape[a] for a in MESH_AXES)
+  try:
+    grid = mesh_utils.create_device_mesh(dims, devices=devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    grid = np.asarray(devices).reshape(dims)  # simulated or irregular device sets
+  return Mesh(grid, MESH_AXES)
+
+
+def axis_rules(mesh_cfg) -> tuple:
+  """The config's rules as a tuple of (logical name, mesh axes) pairs (JSON turns tuples into lists)."""
+  out = []
+  for name, target in mesh_cfg.axis_rules:
+    target = tuple(target) if isinstance(target, (list, tuple)) else target
+    for axis in (target if isinstance(target, tuple) else (target,)):
+      if axis is not None and axis not in MESH_AXES:
+        raise ValueError(f"axis rule {name!r} -> {axis!r}: mesh axes are {MESH_AXES}")
+    out.append((name, target))
+  return tuple(out)
+
+
+def logical_to_spec(names, rules, shape=None, mesh=None) -> P:
+  """Maps logical axis names to a PartitionSpec. With `shape` and `mesh`, mesh axes that do not
+  divide their dimension, or that an earlier dimension already uses, are dropped (replicated)."""
+  lookup = dict(rules)
+  used, spec = set(), []
+  for i, name in enumerate(names):
+    target = lookup.get(name) if name is not None else None
+    axes = target if isinstance(target, tuple) else ((target,) if target else ())
+    axes = tuple(a for a in axes if a not in used)
+    if mesh is not None and shape is not None:
+      size = math.prod(mesh.shape[a] for a in axes)
+      if shape[i] % size:
+        axes = ()
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else (axes or None))
+  return P(*spec)
+
+
+def _is_variable(x):
+  return isinstance(x, nnx.Variable)
+
+
+def tree_shardings(tree, mesh: Mesh, rules):
+  """NamedShardings for a pytree of (abstract) arrays held in nnx Variables, same tree structure.
+
+  A Variable's logical "out_sharding" names give its spec; a leaf without names, or whose names do
+  not fit its rank, is replicated.
+  """
+  def one(x):
+    shape = getattr(x, "shape", ())
+    names = x.get_metadata().get("out_sharding") if _is_variable(x) else None
+    spec = P()
+    if names and len(names) == len(shape):
+      spec = logical_to_spec(names, rules, shape, mesh)
+    return x.replace(NamedSharding(mesh, spec)) if _is_variable(x) else NamedSharding(mesh, spec)
+  return jax.tree.map(one, tree, is_leaf=_is_variable)
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+  """Leading (batch) axis over the axes the "batch" rule names, everything else replicated."""
+  return NamedSharding(mesh, logical_to_spec(("batch",), rules))
+
+
+def batch_shard_count(mesh: Mesh, rules) -> int:
+  """Into how many pieces the batch axis is split (the global batch must be a multiple)."""
+  axes = logical_to_spec(("batch",), rules)[0] or ()
+  return math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+
+
+def global_batch(local_batch, sharding: NamedSharding):
+  """Assembles each host's slice of the batch into global arrays sharded by `sharding`."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      local_batch)
+
+
+def maybe_initialize_distributed():
+  """Connects the hosts of a multi-host job (SANA_JAX_MULTIHOST=1 as launch/ sets it, a TPU pod
+  slice, SLURM, or an explicit coordinator); a no-op on one host. Must run before anything asks
+  JAX for its devices."""
+  if jax.distributed.is_initialized():
+    return
+  tpu_hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+  if (os.environ.get("SANA_JAX_MULTIHOST") == "1" or len(tpu_hosts) > 1
+      or "JAX_COORDINATOR_ADDRESS" in os.environ
+      or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+    jax.distributed.initialize()

@@ -1,0 +1,59 @@
+"""Preemption without warning: `kill -9` mid-run, restart -> the same losses as an uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=1", "--config.model.cross_num_heads=1",
+         "--config.model.caption_channels=16", "--config.codecs.max_text_length=8",
+         "--config.data.image_size=24", "--config.data.shapes_num_examples=64",
+         "--config.train.batch_size=4", "--config.train.num_steps=8", "--config.train.log_every=1",
+         "--config.train.checkpoint_every=2", "--config.train.sample_every=0",
+         "--config.sampling.num_steps=2", "--config.sampling.num_images=4",
+         "--config.sampling.num_eval_images=0", "--config.mesh.data=1"]
+
+
+def _train(workdir, cache):
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONPATH": ROOT}
+  return subprocess.Popen([sys.executable, "-m", "sana_jax.train", f"--workdir={workdir}", *FLAGS],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _losses(workdir):
+  """Last logged loss per step (a restarted run logs the steps after its checkpoint again)."""
+  out = {}
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    out[record["step"]] = record["loss"]
+  return out
+
+
+@pytest.mark.slow
+def test_killed_and_restarted_run_continues_the_uninterrupted_loss_sequence(tmp_path):
+  cache = str(tmp_path / "xla_cache")
+  reference = _train(tmp_path / "reference", cache)
+  assert reference.wait(timeout=900) == 0, reference.stdout.read()
+
+  victim_dir = tmp_path / "victim"
+  victim = _train(victim_dir, cache)
+  deadline = time.time() + 900
+  while time.time() < deadline:  # kill once step 4 is checkpointed and step 5 has run
+    if (victim_dir / "checkpoints" / "4").exists() and (victim_dir / "metrics.jsonl").exists() and \
+        max(_losses(victim_dir)) >= 5:
+      break
+    time.sleep(0.2)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  assert max(_losses(victim_dir)) < 8, "the run finished before it could be killed"
+
+  restarted = _train(victim_dir, cache)
+  output = restarted.communicate(timeout=900)[0]
+  assert restarted.returncode == 0, output
+  assert "resumed from" in output
+  assert _losses(victim_dir) == _losses(tmp_path / "reference")
