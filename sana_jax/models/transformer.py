@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from flax.core import spmd as flax_spmd
 
 import kernels
 from sana_jax.models.layers import (RMSNorm, dense, layer_norm, partitioned, sincos_pos_embed_2d,
@@ -27,6 +28,20 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+def constrain(x, names):
+  """Pins an activation's sharding by logical axis names, when traced under logical-axis rules
+  (`flax.core.spmd.logical_axis_rules`) and a mesh (`jax.sharding.use_abstract_mesh`); else a no-op.
+
+  Without these pins XLA may keep a whole batch of activations on every device of an FSDP mesh.
+  """
+  rules = flax_spmd.get_logical_axis_rules()
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return x
+  spec = jax.sharding.PartitionSpec(*flax_spmd.from_sharding_rules(names, rules))
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def _dtypes(cfg):
@@ -254,7 +269,7 @@ class SanaTransformer(nnx.Module):
 
     def body(carry, block_state):
       block = nnx.merge(graphdef, block_state)
-      out = block(carry, t0, text, text_bias, h, w)
+      out = constrain(block(carry, t0, text, text_bias, h, w), ("batch", None, None))
       return out, ((carry, out) if collect_block_io else None)
 
     policy = self.cfg.remat_policy
@@ -277,7 +292,9 @@ class SanaTransformer(nnx.Module):
   def __call__(self, latents, timesteps, text, text_mask):
     _check_inputs(latents, timesteps, text, text_mask, self.cfg.caption_channels)
     x, grid = self.embed_latents(latents)
+    x = constrain(x, ("batch", None, None))
     t, t0, text, text_bias = self.embed_conditions(timesteps, text, text_mask)
+    text = constrain(text, ("batch", None, None))
     x, _ = self.run_blocks(x, t0, text, text_bias, grid)
     return self.unpatchify(x, t, grid).astype(latents.dtype)
 

@@ -167,7 +167,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
   update = step.jit_train_step(
       step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
                            learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params),
-      mesh, shardings, batch_sharding)
+      mesh, shardings, batch_sharding, rules)
   sampler = make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
   grid_prompts, _ = heldout_shapes(cfg, cfg.sampling.num_images)
   latent_hw = cfg.data.image_size // autoencoder.spatial_compression

@@ -76,7 +76,7 @@ def plan_memory(cfg, mesh, *, batch_size: int, image_size: int, text_tokens: int
                             param_shardings=shardings.params)
   state_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-  compiled = step.jit_train_step(fn, mesh, shardings, batch_sharding).lower(state_in, batch).compile()
+  compiled = step.jit_train_step(fn, mesh, shardings, batch_sharding, rules).lower(state_in, batch).compile()
   analysis = compiled.memory_analysis()
 
   params = _bytes_per_device(abstract.params, shardings.params)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from flax.core import spmd as flax_spmd
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sana_jax.training.objective import flow_matching_loss
@@ -81,10 +82,21 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, nu
   return train_step
 
 
-def jit_train_step(train_step, mesh=None, state_shardings=None, batch_sharding=None):
-  """jax.jit with the state donated; explicit shardings when a mesh is given."""
+def jit_train_step(train_step, mesh=None, state_shardings=None, batch_sharding=None, rules=None):
+  """jax.jit with the state donated; explicit shardings when a mesh is given.
+
+  With `rules` the step is traced under the logical-axis rules and the mesh, so the model's
+  activation constraints (`models.transformer.constrain`) take effect.
+  """
   if mesh is None:
     return jax.jit(train_step, donate_argnums=(0,))
   replicated = NamedSharding(mesh, P())
+  if rules is not None:
+    inner = train_step
+
+    def train_step(state, batch):
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), flax_spmd.logical_axis_rules(rules):
+        return inner(state, batch)
+
   return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))

@@ -1,0 +1,186 @@
+"""Sample images: `python -m sana_jax.sample --checkpoint DIR --prompt "..." [--prompts-file F] --out DIR`.
+
+DIR is a diffusers Sana pipeline folder, our export (`python -m sana_jax.convert pipeline`) or a
+`python -m sana_jax.train` workdir (its newest checkpoint, EMA weights if any, with the run's
+built-in codecs). Writes one PNG per image and `settings.json` with every setting used (the
+resolved defaults included), the file of each image with its prompt and seed, and the timings.
+Unset flags fall back to the checkpoint's own settings (a training run's sampling config; the
+native resolution of the model), then to diffusers' SanaPipeline defaults.
+
+Inference-time scaling (SANA 1.5): `--best_of N --judge SPEC [--keep K]` samples N candidates per
+prompt and writes the judge's best K with ranking.json (sana_jax.scaling.best_of_n).
+"""
+import json
+import os
+import re
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Pipeline folder, sana_jax export or training workdir.", required=True)
+flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
+flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line (blank lines skipped).")
+flags.DEFINE_string("out", None, "Output folder for the PNGs and settings.json.", required=True)
+flags.DEFINE_string("negative_prompt", "", "Negative prompt (classifier-free guidance).")
+flags.DEFINE_integer("height", None, "Image height in pixels (default: the model's native size).")
+flags.DEFINE_integer("width", None, "Image width in pixels (default: the model's native size).")
+flags.DEFINE_integer("num_inference_steps", None, "Denoising steps (default 20).")
+flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (default 4.5; <= 1 disables).")
+flags.DEFINE_integer("seed", 0, "Seed of the initial noise; batch k of --batch_size uses seed + k.")
+flags.DEFINE_integer("num_images_per_prompt", 1, "Images per prompt.")
+flags.DEFINE_integer("batch_size", 0, "Prompts per pipeline call (0: all in one batch).")
+flags.DEFINE_enum("sampler", None, ["flow_dpm_solver", "flow_euler"], "Sampler (default: the scheduler config's).")
+flags.DEFINE_bool("use_resolution_binning", None,
+                  "Snap the size to SANA's aspect-ratio buckets, then resize back (default: on when the "
+                  "model has bucket tables, i.e. 512/1024/2048/4096 px models).")
+flags.DEFINE_bool("complex_human_instruction", True, "Prepend SANA's Complex Human Instruction to prompts.")
+flags.DEFINE_integer("max_sequence_length", None, "Prompt tokens kept (default 300; a training run's own).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Weights and compute dtype.")
+flags.DEFINE_bool("vae_tiling", False, "Decode in tiles (bounded memory for very large images).")
+flags.DEFINE_integer("best_of", 0, "Inference-time scaling: sample N candidates per prompt and keep the "
+                     "judge's best --keep (0: off). Uses --batch_size images per call (default 8).")
+flags.DEFINE_string("judge", None, "With --best_of: 'vlm:FOLDER', 'clip:FOLDER' or 'shapes'.")
+flags.DEFINE_integer("keep", 1, "With --best_of: winners kept per prompt.")
+for _name in ("prompts_file", "negative_prompt", "num_inference_steps", "guidance_scale",
+              "num_images_per_prompt", "batch_size", "use_resolution_binning",
+              "complex_human_instruction", "max_sequence_length", "vae_tiling", "best_of"):
+  flags.DEFINE_alias(_name.replace("_", "-"), _name)
+
+
+def read_prompts(prompts, prompts_file) -> list[str]:
+  prompts = list(prompts)
+  if prompts_file:
+    with open(prompts_file, encoding="utf-8") as f:
+      prompts += [line.strip() for line in f if line.strip()]
+  if not prompts:
+    raise app.UsageError("give at least one --prompt or a --prompts_file with prompts")
+  return prompts
+
+
+def load_training_run(workdir):
+  """(SanaPipeline, suggested settings) from a `sana_jax.train` workdir's newest checkpoint."""
+  import jax
+  import ml_collections
+  from flax import nnx
+
+  from sana_jax.optim.registry import build_optimizer
+  from sana_jax.sampling.pipeline import SanaPipeline
+  from sana_jax.training import checkpointing, loop, train_state
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  autoencoder, text_encoder = loop.build_codecs(cfg)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = train_state.abstract_train_state(cfg, build_optimizer(cfg.optimizer))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+  ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), keep=1 << 30,
+                                    async_save=False)
+  restored = ckpt.restore_latest(abstract)
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir}: no readable checkpoint under checkpoints/")
+  step, state, _ = restored
+  params = state.ema_params if state.ema_params is not None else state.params
+  model = nnx.merge(train_state.model_graphdef(cfg.model), params)
+  s = cfg.sampling
+  scheduler = ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": s.flow_shift}
+               if s.sampler == "flow_euler" else
+               {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True, "flow_shift": s.flow_shift,
+                "prediction_type": "flow_prediction"})
+  suggested = dict(num_inference_steps=s.num_steps, guidance_scale=s.guidance_scale,
+                   max_sequence_length=text_encoder.max_length, training_step=int(step))
+  return SanaPipeline(model, autoencoder, text_encoder, scheduler), suggested
+
+
+def load_pipeline(path, dtype):
+  """(SanaPipeline, suggested settings) for a pipeline folder, our export or a training workdir."""
+  from sana_jax.sampling.pipeline import SanaPipeline
+  if os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(os.path.join(path, "config.json")):
+    return load_training_run(path)
+  return SanaPipeline.from_pretrained(path, dtype=dtype), {}
+
+
+def _slug(text, limit=40):
+  return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "prompt"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  import jax.numpy as jnp
+
+  from sana_jax.sampling.pipeline import aspect_ratio_table
+  from sana_jax.sampling.text_encoding import CHI_DEFAULT
+
+  prompts = read_prompts(FLAGS.prompt, FLAGS.prompts_file)
+  pipe, suggested = load_pipeline(FLAGS.checkpoint, jnp.dtype(FLAGS.dtype))
+  if FLAGS.vae_tiling:
+    pipe.enable_vae_tiling()
+  cfg = pipe.transformer.cfg
+  native = cfg.sample_size * pipe.vae_scale_factor
+  binning = FLAGS.use_resolution_binning
+  if binning is None:
+    try:
+      aspect_ratio_table(cfg.sample_size)
+      binning = True
+    except ValueError:
+      binning = False
+
+  def pick(name, default):
+    value = getattr(FLAGS, name)
+    return value if value is not None else suggested.get(name, default)
+
+  settings = dict(
+      negative_prompt=FLAGS.negative_prompt, height=FLAGS.height or native, width=FLAGS.width or native,
+      num_inference_steps=pick("num_inference_steps", 20), guidance_scale=pick("guidance_scale", 4.5),
+      num_images_per_prompt=FLAGS.num_images_per_prompt,
+      sampler=FLAGS.sampler or _config_sampler(pipe.scheduler_config), use_resolution_binning=binning,
+      complex_human_instruction=list(CHI_DEFAULT) if FLAGS.complex_human_instruction else None,
+      max_sequence_length=pick("max_sequence_length", 300))
+  os.makedirs(FLAGS.out, exist_ok=True)
+  if FLAGS.best_of:
+    run_best_of_n(pipe, prompts, settings, suggested)
+    return
+  batch = FLAGS.batch_size or len(prompts)
+  images_info, timings = [], []
+  for k, first in enumerate(range(0, len(prompts), batch)):
+    chunk = prompts[first:first + batch]
+    seed = FLAGS.seed + k
+    images = pipe(chunk, seed=seed, output_type="pil", progress=True, **settings).images
+    timings.append(pipe.last_timings)
+    for j, image in enumerate(images):
+      index = first * settings["num_images_per_prompt"] + j
+      prompt = chunk[j // settings["num_images_per_prompt"]]
+      name = f"{index:04d}_{_slug(prompt)}.png"
+      image.save(os.path.join(FLAGS.out, name))
+      images_info.append(dict(file=name, prompt=prompt, seed=seed, index_in_batch=j))
+  record = dict(checkpoint=os.path.abspath(FLAGS.checkpoint), dtype=FLAGS.dtype, seed=FLAGS.seed,
+                batch_size=batch, vae_tiling=FLAGS.vae_tiling, scheduler_config=pipe.scheduler_config,
+                model=cfg.name, checkpoint_settings=suggested, **settings, images=images_info,
+                timings=timings)
+  with open(os.path.join(FLAGS.out, "settings.json"), "w") as f:
+    json.dump(record, f, indent=2)
+  print(f"wrote {len(images_info)} images and settings.json to {os.path.abspath(FLAGS.out)}")
+
+
+def run_best_of_n(pipe, prompts, settings, suggested):
+  """--best_of N: candidates from the pipeline, ranked by the judge (sana_jax.scaling.best_of_n)."""
+  from sana_jax.scaling.best_of_n import pipeline_generate_fn, run_best_of_n_cli
+  if not FLAGS.judge:
+    raise app.UsageError("--best_of needs --judge ('vlm:FOLDER', 'clip:FOLDER' or 'shapes')")
+  call = {k: v for k, v in settings.items() if k not in ("height", "width", "num_images_per_prompt")}
+  generate = pipeline_generate_fn(pipe, settings["height"], settings["width"], **call)
+  record = dict(checkpoint=os.path.abspath(FLAGS.checkpoint), dtype=FLAGS.dtype,
+                scheduler_config=pipe.scheduler_config, checkpoint_settings=suggested, **settings)
+  path = run_best_of_n_cli(generate, prompts, FLAGS.best_of, FLAGS.judge, FLAGS.out, keep=FLAGS.keep,
+                           batch_size=FLAGS.batch_size or 8, seed=FLAGS.seed, settings=record)
+  print(f"best {FLAGS.keep} of {FLAGS.best_of} per prompt: {path}")
+
+
+def _config_sampler(scheduler_config):
+  return {"FlowMatchEulerDiscreteScheduler": "flow_euler"}.get(scheduler_config.get("_class_name"),
+                                                                "flow_dpm_solver")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,416 @@
+"""Text to image with SANA: `SanaPipeline`, diffusers' `SanaPipeline` call on a compiled JAX core.
+
+  pipe = SanaPipeline.from_pretrained(path)       # a diffusers Sana pipeline folder or our export
+  images = pipe("a cyberpunk cat", seed=0).images   # list of PIL images (output_type="pil")
+
+The call takes diffusers' names and defaults and gives the same pictures for the same initial
+latents. What is compiled, and how often:
+  - the text encoder once per (batch, padded length) (`PromptEncoder`); the "" negative prompt is
+    encoded once per max_sequence_length and cached;
+  - the whole denoising loop once per (latent shape, text length, sampler, number of steps, whether
+    guidance runs): transformer parameters, scheduler tables, latents and guidance scale are
+    arguments of one jitted `lax.fori_loop`, so nothing is dispatched from Python per step;
+  - the VAE decode and the image post-processing once per latent shape.
+When the number of images divides over the local devices, latents, text and decode are sharded on
+the batch axis over all of them (parameters replicated), so a TPU host uses every chip.
+
+`convert_pipeline(src, dst)` writes our export of a diffusers folder: `sana_pipeline.json` (format
+tag, scheduler config, component configs) + Orbax `transformer/`, `text_encoder/`, `vae/` and the
+tokenizer files, so loading needs no PyTorch.
+"""
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sana_jax.convert.checkpoints import load_transformer, save_transformer
+from sana_jax.data.buckets import scale_table
+from sana_jax.models.autoencoder import DCAE, DCAEConfig, load_autoencoder
+from sana_jax.models.gemma2 import Gemma2Config, Gemma2Model
+from sana_jax.sampling.denoise import sample_loop
+from sana_jax.sampling.schedulers import SAMPLERS, scheduler_from_config
+from sana_jax.sampling.text_encoding import CHI_DEFAULT, PromptEncoder
+
+PIPELINE_META = "sana_pipeline.json"
+FORMAT_TAG = "sana_jax.pipeline.v1"
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+# ----------------------------------------------------------------------------- resolution binning
+# diffusers picks the bucket table from the transformer's sample_size. The 2048 / 4096 tables are
+# the 40-bucket 1024 table scaled; the 512 / 1024 ones (PixArt-alpha's) lack these seven ratios.
+_BIN_BASE_SIZE = {16: 512, 32: 1024, 64: 2048, 128: 4096}
+_PIXART_ALPHA_MISSING = ("0.26", "0.27", "2.89", "3.11", "3.62", "3.75", "3.88")
+
+
+def aspect_ratio_table(sample_size: int) -> dict[str, tuple[int, int]]:
+  """{ratio "h/w": (height, width)} that diffusers' SanaPipeline bins to for this sample_size."""
+  if sample_size not in _BIN_BASE_SIZE:
+    raise ValueError(f"use_resolution_binning=True needs a transformer sample_size in "
+                     f"{sorted(_BIN_BASE_SIZE)} (SANA's 512/1024/2048/4096 px models), this one has "
+                     f"{sample_size}; pass use_resolution_binning=False")
+  base = _BIN_BASE_SIZE[sample_size]
+  table = scale_table(base, 32)
+  if base <= 1024:
+    table = {k: v for k, v in table.items() if k not in _PIXART_ALPHA_MISSING}
+  return table
+
+
+def classify_height_width_bin(height: int, width: int, table: dict) -> tuple[int, int]:
+  """The (height, width) of the bucket whose ratio is nearest height / width (first on ties)."""
+  ratio = height / width
+  key = min(table, key=lambda k: abs(float(k) - ratio))
+  return tuple(int(s) for s in table[key])
+
+
+def resize_and_crop(images, height: int, width: int):
+  """[B, h, w, C] -> [B, height, width, C]: bilinear resize (half-pixel, no antialias, as torch's
+  F.interpolate(align_corners=False)) until both sides cover the target, then a centre crop."""
+  b, h, w, c = images.shape
+  if (h, w) == (height, width):
+    return images
+  ratio = max(height / h, width / w)
+  rh, rw = int(h * ratio), int(w * ratio)
+  images = jax.image.resize(images, (b, rh, rw, c), method="linear", antialias=False)
+  top, left = (rh - height) // 2, (rw - width) // 2
+  return images[:, top:top + height, left:left + width]
+
+
+# ----------------------------------------------------------------------------- the pipeline
+@dataclasses.dataclass
+class SanaPipelineOutput:
+  """images: a list of PIL images, float32 numpy [B, H, W, 3] in [0, 1], or latents [B, h, w, C]."""
+  images: Any
+
+
+def _split(module):
+  """(static part, state): an nnx module is split so its weights are jit arguments; a parameter-free
+  codec (simple_codecs) is itself the static part, with an empty state."""
+  if isinstance(module, nnx.Module):
+    return nnx.split(module)
+  return module, {}
+
+
+def _merge(static, state):
+  return nnx.merge(static, state) if isinstance(static, nnx.GraphDef) else static
+
+
+# The bar of the call in progress; the compiled loop reports finished steps to it from the host.
+_progress_bar = None
+
+
+def _report_step(step):
+  if _progress_bar is not None:
+    _progress_bar.update(max(0, int(step) - _progress_bar.n))
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int):
+  global _progress_bar
+  import tqdm
+  with tqdm.tqdm(total=total, disable=not show, desc="denoise", dynamic_ncols=True) as bar:
+    _progress_bar = bar
+    try:
+      yield bar
+    finally:
+      _progress_bar = None
+
+
+# Module-level jitted functions with the graph definitions as static arguments: pipelines of one
+# architecture (e.g. loaded from a diffusers folder and from our export) share their compilations.
+@functools.partial(jax.jit, static_argnames=("graphdef", "guided", "timestep_scale", "progress"))
+def _denoise(graphdef, state, latents, scheduler, guidance_scale, text, mask, neg_text, neg_mask, *,
+             guided, timestep_scale, progress):
+  return sample_loop(_merge(graphdef, state), latents, scheduler, guidance_scale if guided else 1.0, text, mask,
+                     neg_text, neg_mask, timestep_scale=timestep_scale,
+                     progress_fn=_report_step if progress else None)
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _postprocess(images, size):
+  """Decoded images about [-1, 1] -> resized/cropped to `size` (h, w) if given -> [0, 1] float32."""
+  images = images.astype(jnp.float32)
+  if size is not None:
+    images = resize_and_crop(images, *size)
+  return jnp.clip(images * 0.5 + 0.5, 0.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "size"))
+def _decode(graphdef, state, latents, *, size):
+  vae = _merge(graphdef, state)
+  return _postprocess(vae.decode(latents / vae.scaling_factor), size)
+
+
+class SanaPipeline:
+  """SANA text-to-image: prompt -> Gemma-2 features -> flow sampler over the DiT -> DC-AE decode.
+
+  transformer: a `SanaTransformer`; vae: a `DCAE` (or any object with `decode`, `scaling_factor`
+  and a spatial compression factor, e.g. `SpaceToDepthAutoencoder`); text_encoder: a `PromptEncoder`
+  (or an object with its `encode` / `encode_negative` methods); scheduler_config: a diffusers
+  scheduler_config.json dict; timestep_scale: the diffusers transformer's `timestep_scale`.
+  """
+
+  def __init__(self, transformer, vae, text_encoder, scheduler_config: dict, *, timestep_scale: float = 1.0):
+    self.transformer, self.vae, self.text_encoder = transformer, vae, text_encoder
+    self.scheduler_config = dict(scheduler_config)
+    self.timestep_scale = float(timestep_scale)
+    self.vae_scale_factor = _compression(vae)
+    self.vae_tiling = None
+    # Timings (seconds) of the last call: text_encoder, denoise, decode, total.
+    self.last_timings: dict[str, float] = {}
+    self._transformer_graph, self._transformer_state = _split(transformer)
+    self._vae_graph, self._vae_state = _split(vae)
+    self._replicated = {}
+
+  # --------------------------------------------------------------------------- loading
+  @classmethod
+  def from_pretrained(cls, path, dtype=jnp.float32) -> "SanaPipeline":
+    """Loads a diffusers Sana pipeline folder (model_index.json, transformer/, vae/, text_encoder/,
+    tokenizer/, scheduler/) or a folder written by `convert_pipeline`; weights and compute in dtype."""
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, PIPELINE_META)):
+      return _load_export(path, dtype)
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+      raise FileNotFoundError(f"{path} is neither a diffusers pipeline folder (no model_index.json) "
+                              f"nor a sana_jax pipeline export (no {PIPELINE_META})")
+    _check_model_index(path)
+    with open(os.path.join(path, "transformer", "config.json")) as f:
+      timestep_scale = json.load(f).get("timestep_scale", 1.0)
+    return cls(transformer=load_transformer(os.path.join(path, "transformer"), dtype=dtype),
+               vae=load_autoencoder(os.path.join(path, "vae"), dtype=dtype),
+               text_encoder=PromptEncoder.from_pretrained(os.path.join(path, "text_encoder"),
+                                                          os.path.join(path, "tokenizer"), dtype=dtype),
+               scheduler_config=_read_scheduler_config(path), timestep_scale=timestep_scale)
+
+  def enable_vae_tiling(self, tile_latent_size: int = 16, overlap: int = 2):
+    """Decode in overlapping latent tiles (bounded memory for 4096^2 images; `DCAE.decode_tiled`)."""
+    if not hasattr(self.vae, "decode_tiled"):
+      raise ValueError(f"{type(self.vae).__name__} has no tiled decoding")
+    self.vae_tiling = (int(tile_latent_size), int(overlap))
+
+  def disable_vae_tiling(self):
+    self.vae_tiling = None
+
+  # --------------------------------------------------------------------------- sampling
+  def encode_prompt(self, prompt, negative_prompt="", num_images_per_prompt: int = 1,
+                    guided: bool = True, complex_human_instruction=CHI_DEFAULT,
+                    max_sequence_length: int = 300):
+    """-> (text [B*n, L, C], mask [B*n, L], negative text, negative mask); negatives are None
+    without guidance. Each prompt's rows are repeated n times in a row (p0, p0, p1, p1, ...)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    text, mask = self.text_encoder.encode(prompts, complex_human_instruction, max_sequence_length)
+    repeat = functools.partial(jnp.repeat, repeats=num_images_per_prompt, axis=0)
+    if not guided:
+      return repeat(text), repeat(mask), None, None
+    neg_text, neg_mask = self.text_encoder.encode_negative(negative_prompt, len(prompts), max_sequence_length)
+    return repeat(text), repeat(mask), repeat(neg_text), repeat(neg_mask)
+
+  def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] = "",
+               height: int = 1024, width: int = 1024, num_inference_steps: int = 20,
+               guidance_scale: float = 4.5, latents=None, seed: int = 0, num_images_per_prompt: int = 1,
+               sampler: str | None = None, use_resolution_binning: bool = True,
+               complex_human_instruction: Sequence[str] | None = CHI_DEFAULT,
+               max_sequence_length: int = 300, output_type: str = "pil", return_dict: bool = True,
+               progress: bool = False):
+    """Generates images for `prompt` (a string or a list: one batch), diffusers' arguments.
+
+    latents: initial noise, NHWC [B * num_images_per_prompt, height/f, width/f, C]; drawn from
+      `jax.random.key(seed)` when None. sampler: "flow_dpm_solver" | "flow_euler"; None uses the
+      scheduler config's. complex_human_instruction: SANA's default; None disables it.
+    output_type: "pil" (list of PIL images), "np" (float32 [B, H, W, 3] in [0, 1]) or "latent".
+    Returns a `SanaPipelineOutput`, or the images themselves with return_dict=False.
+    progress: show a tqdm bar over the denoising steps.
+    """
+    start = time.perf_counter()
+    prompts = _check_prompts(prompt)
+    if output_type not in OUTPUT_TYPES:
+      raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if sampler is not None and sampler not in SAMPLERS:
+      raise ValueError(f"sampler must be one of {SAMPLERS} or None, got {sampler!r}")
+    if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
+        or num_images_per_prompt < 1:
+      raise ValueError(f"num_images_per_prompt must be a positive int, got {num_images_per_prompt!r}")
+    orig_size = (int(height), int(width))
+    if use_resolution_binning:
+      height, width = classify_height_width_bin(height, width, aspect_ratio_table(self.transformer.cfg.sample_size))
+    latent_hw = self._latent_size(height, width)
+    batch = len(prompts) * num_images_per_prompt
+    scheduler = scheduler_from_config(self.scheduler_config, num_inference_steps, sampler)
+    guided = float(guidance_scale) > 1.0
+
+    text, mask, neg_text, neg_mask = self.encode_prompt(
+        prompts, negative_prompt, num_images_per_prompt, guided, complex_human_instruction,
+        max_sequence_length)
+    latents = self._initial_latents(latents, batch, latent_hw, seed)
+    jax.block_until_ready((text, neg_text))
+    t_text = time.perf_counter()
+
+    spread = self._spread_sharding(batch)
+    transformer_state, vae_state = self._transformer_state, self._vae_state
+    if spread is not None:
+      latents, text, mask = jax.device_put((latents, text, mask), spread)
+      if guided:
+        neg_text, neg_mask = jax.device_put((neg_text, neg_mask), spread)
+      transformer_state, vae_state = self._replicated_states(spread)
+    # The loop's per-step host callback is ordered, which XLA allows on one device only.
+    show = progress and spread is None
+    with _progress(progress, scheduler.num_inference_steps) as bar:
+      latents = _denoise(self._transformer_graph, transformer_state, latents, scheduler,
+                         jnp.float32(guidance_scale), text, mask, neg_text, neg_mask, guided=guided,
+                         timestep_scale=self.timestep_scale, progress=show)
+      latents.block_until_ready()
+      bar.update(scheduler.num_inference_steps - bar.n)
+    t_denoise = time.perf_counter()
+
+    if output_type == "latent":
+      images = latents
+    else:
+      size = orig_size if use_resolution_binning else None
+      if self.vae_tiling is not None:
+        decoded = self.vae.decode_tiled(latents / self.vae.scaling_factor, *self.vae_tiling)
+        images = _postprocess(decoded, size=size)
+      else:
+        images = _decode(self._vae_graph, vae_state, latents, size=size)
+      images = np.asarray(images, np.float32)
+      if output_type == "pil":
+        images = to_pil(images)
+    end = time.perf_counter()
+    self.last_timings = dict(text_encoder=t_text - start, denoise=t_denoise - t_text, decode=end - t_denoise,
+                             total=end - start)
+    return SanaPipelineOutput(images) if return_dict else images
+
+  # --------------------------------------------------------------------------- helpers
+  def _latent_size(self, height, width):
+    multiple = self.vae_scale_factor * self.transformer.cfg.patch_size
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:
+      raise ValueError(f"height and width must be positive multiples of {multiple} (autoencoder factor "
+                       f"{self.vae_scale_factor} x patch size {self.transformer.cfg.patch_size}), "
+                       f"got {height}x{width}")
+    return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+  def _initial_latents(self, latents, batch, latent_hw, seed):
+    shape = (batch, *latent_hw, self.transformer.cfg.in_channels)
+    if latents is None:
+      return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+    latents = jnp.asarray(latents, jnp.float32)
+    if latents.shape != shape:
+      raise ValueError(f"latents must be NHWC {shape} (batch = prompts x num_images_per_prompt, size = "
+                       f"image size / {self.vae_scale_factor}), got {latents.shape}")
+    return latents
+
+  def _spread_sharding(self, batch):
+    """Batch sharding over all local devices when the batch divides over them, else None."""
+    devices = jax.local_devices()
+    if len(devices) < 2 or batch % len(devices):
+      return None
+    return NamedSharding(Mesh(np.array(devices), ("batch",)), P("batch"))
+
+  def _replicated_states(self, spread):
+    """Transformer and VAE parameters replicated on the sharding's devices (made once, kept)."""
+    key = spread.mesh.devices.shape
+    if key not in self._replicated:
+      replicated = NamedSharding(spread.mesh, P())
+      self._replicated[key] = jax.device_put((self._transformer_state, self._vae_state), replicated)
+    return self._replicated[key]
+
+
+def to_pil(images: np.ndarray) -> list:
+  """float [B, H, W, 3] in [0, 1] -> PIL images, rounded as diffusers' numpy_to_pil."""
+  from PIL import Image
+  return [Image.fromarray(im) for im in (np.asarray(images) * 255).round().astype(np.uint8)]
+
+
+def _compression(vae) -> int:
+  """The autoencoder's spatial factor (DCAE: `spatial_compression_ratio`, simple codecs: `spatial_compression`)."""
+  for name in ("spatial_compression_ratio", "spatial_compression"):
+    if hasattr(vae, name):
+      return int(getattr(vae, name))
+  raise ValueError(f"{type(vae).__name__} has no spatial_compression_ratio: not an autoencoder")
+
+
+def _check_prompts(prompt) -> list[str]:
+  prompts = [prompt] if isinstance(prompt, str) else prompt
+  if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+    raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+  return list(prompts)
+
+
+def _check_model_index(path):
+  with open(os.path.join(path, "model_index.json")) as f:
+    index = json.load(f)
+  missing = [c for c in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+             if not os.path.isdir(os.path.join(path, c))]
+  if missing:
+    raise FileNotFoundError(f"{path} ({index.get('_class_name')}) lacks the component folders {missing}")
+  transformer = index.get("transformer", [None, None])[1]
+  if transformer != "SanaTransformer2DModel":
+    raise ValueError(f"{path}: model_index.json names transformer {transformer!r}, expected SanaTransformer2DModel")
+
+
+def _read_scheduler_config(path):
+  with open(os.path.join(path, "scheduler", "scheduler_config.json")) as f:
+    return json.load(f)
+
+
+# ----------------------------------------------------------------------------- our export
+def _save_module(module, dst):
+  import orbax.checkpoint as ocp
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(dst), nnx.state(module), force=True)
+
+
+def _restore_module(build: Callable[[], nnx.Module], src, dtype):
+  """Builds the module abstractly, then fills it from the Orbax checkpoint at src in dtype."""
+  import orbax.checkpoint as ocp
+  graphdef, abstract = nnx.split(nnx.eval_shape(build))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating)
+                                                       else x.dtype), abstract)
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore(os.path.abspath(src), target)
+  return nnx.merge(graphdef, state)
+
+
+def convert_pipeline(src, dst, dtype=jnp.float32) -> str:
+  """Writes our export of a diffusers Sana pipeline folder (or re-exports ours) to dst, in dtype."""
+  pipe = SanaPipeline.from_pretrained(src, dtype=dtype)
+  dst = os.path.abspath(os.fspath(dst))
+  os.makedirs(dst, exist_ok=True)
+  save_transformer(pipe.transformer, os.path.join(dst, "transformer"))
+  _save_module(pipe.text_encoder.model, os.path.join(dst, "text_encoder"))
+  _save_module(pipe.vae, os.path.join(dst, "vae"))
+  tokenizer_dir = os.path.join(dst, "tokenizer")
+  shutil.rmtree(tokenizer_dir, ignore_errors=True)
+  pipe.text_encoder.tokenizer.save_pretrained(tokenizer_dir)
+  meta = {"format": FORMAT_TAG, "source": os.path.abspath(os.fspath(src)), "dtype": jnp.dtype(dtype).name,
+          "scheduler": pipe.scheduler_config, "timestep_scale": pipe.timestep_scale,
+          "text_encoder": dataclasses.asdict(pipe.text_encoder.model.config),
+          "vae": dataclasses.asdict(pipe.vae.config)}
+  with open(os.path.join(dst, PIPELINE_META), "w") as f:
+    json.dump(meta, f, indent=2)
+  return dst
+
+
+def _load_export(path, dtype):
+  from transformers import AutoTokenizer
+  with open(os.path.join(path, PIPELINE_META)) as f:
+    meta = json.load(f)
+  if meta.get("format") != FORMAT_TAG:
+    raise ValueError(f"{path}: unknown pipeline format {meta.get('format')!r}, expected {FORMAT_TAG!r}")
+  gemma_cfg, vae_cfg = Gemma2Config(**meta["text_encoder"]), DCAEConfig.from_dict(meta["vae"])
+  gemma = _restore_module(lambda: Gemma2Model(gemma_cfg, dtype=dtype, rngs=nnx.Rngs(0)),
+                          os.path.join(path, "text_encoder"), dtype)
+  vae = _restore_module(lambda: DCAE(vae_cfg, dtype=dtype, rngs=nnx.Rngs(0)), os.path.join(path, "vae"), dtype)
+  tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+  return SanaPipeline(transformer=load_transformer(os.path.join(path, "transformer"), dtype=dtype), vae=vae,
+                      text_encoder=PromptEncoder(gemma, tokenizer), scheduler_config=meta["scheduler"],
+                      timestep_scale=meta.get("timestep_scale", 1.0))
