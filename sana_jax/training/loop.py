@@ -22,7 +22,7 @@ from etils import epath
 from flax import nnx
 from PIL import Image
 
-from sana_jax.data import pipeline, shapes, shapes_eval
+from sana_jax.data import cache, pipeline, shapes, shapes_eval
 from sana_jax.models.simple_codecs import SpaceToDepthAutoencoder, WordEmbeddingTextEncoder
 from sana_jax.optim.registry import build_optimizer, make_schedule
 from sana_jax.sampling.denoise import sample_loop
@@ -53,7 +53,14 @@ def build_codecs(cfg):
 
 
 def encode_batch(host_batch, autoencoder, text_encoder) -> dict:
-  """Pipeline batch (images in [-1, 1], captions) -> model inputs as numpy arrays."""
+  """Pipeline batch (images in [-1, 1], captions) -> model inputs as numpy arrays.
+
+  Batches from a preprocessed cache already hold latents and caption features: passed through.
+  """
+  if "latents" in host_batch:
+    return {"latents": np.asarray(host_batch["latents"], np.float32),
+            "text": np.asarray(host_batch["text"], np.float32),
+            "text_mask": np.asarray(host_batch["text_mask"], np.int32)}
   latents = autoencoder.encode(host_batch["images"]) * autoencoder.scaling_factor
   text, mask = text_encoder.encode([str(c) for c in host_batch["captions"]])
   return {"latents": np.asarray(latents, np.float32), "text": np.asarray(text, np.float32),
@@ -145,7 +152,17 @@ def train_and_evaluate(cfg, workdir) -> dict:
     raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {batch_shards} "
                      f"batch shards (data x fsdp) x {cfg.train.grad_accum_steps} micro-batches")
   tx = build_optimizer(cfg.optimizer)
-  autoencoder, text_encoder = build_codecs(cfg)
+  from_cache = cfg.data.name == "cache"
+  if from_cache:  # the cache holds encoder outputs; codecs are only needed for sample grids
+    cache_source = cache.CacheSource(cfg.data.path)
+    cache_source.check_model(cfg.model)
+    try:
+      autoencoder, text_encoder = build_codecs(cfg)
+    except ValueError as err:
+      print(f"training from the cache without sample grids: {err}", flush=True)
+      autoencoder = text_encoder = None
+  else:
+    autoencoder, text_encoder = build_codecs(cfg)
   graphdef = train_state.model_graphdef(cfg.model)
   abstract = train_state.abstract_train_state(cfg, tx)
   shardings = train_state.state_shardings(abstract, mesh, rules)
@@ -162,18 +179,22 @@ def train_and_evaluate(cfg, workdir) -> dict:
     print(f"resumed from {ckpt.directory} at step {start}", flush=True)
   first_step = int(state.step)
 
-  null_text = jnp.asarray(text_encoder.null_embedding()[0][0])  # [L, C]
+  if from_cache:
+    null_text = jnp.asarray(cache_source.null_embedding()[0][0])  # [L, C]
+    first = cache_source[0]
+    latent_hw, text_tokens = first["latents"].shape[0], first["text"].shape[0]
+  else:
+    null_text = jnp.asarray(text_encoder.null_embedding()[0][0])  # [L, C]
+    latent_hw, text_tokens = cfg.data.image_size // autoencoder.spatial_compression, text_encoder.max_length
   batch_sharding = sharding.batch_sharding(mesh, rules)
   update = step.jit_train_step(
       step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
                            learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params),
       mesh, shardings, batch_sharding, rules)
-  sampler = make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
+  sampler = make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling) if autoencoder else None
   grid_prompts, _ = heldout_shapes(cfg, cfg.sampling.num_images)
-  latent_hw = cfg.data.image_size // autoencoder.spatial_compression
   latent_shape = (latent_hw, latent_hw, cfg.model.in_channels)
-  flops_per_image = metrics.train_flops_per_image(cfg.model, latent_hw, latent_hw,
-                                                  text_encoder.max_length)
+  flops_per_image = metrics.train_flops_per_image(cfg.model, latent_hw, latent_hw, text_tokens)
   peak = metrics.peak_flops()
 
   writer = None
@@ -190,6 +211,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
       last_saved = at_step
 
   def draw_grid(at_step):
+    if sampler is None:
+      return
     params = state.ema_params if state.ema_params is not None else state.params
     images = sampler(params, grid_prompts, cfg.seed, latent_shape)
     if is_main:
@@ -239,7 +262,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
   bar.close()
   draw_grid(num_steps)
   summary = {"step": num_steps, "workdir": str(workdir)}
-  if cfg.data.name == "shapes" and cfg.sampling.num_eval_images:
+  if sampler is not None and cfg.data.name == "shapes" and cfg.sampling.num_eval_images:
     prompts, specs = heldout_shapes(cfg, cfg.sampling.num_eval_images)
     params = state.ema_params if state.ema_params is not None else state.params
     images = sampler(params, prompts, cfg.seed + 1, latent_shape)

@@ -312,3 +312,22 @@ def test_zeroed_padding_rows_leave_the_transformer_output_unchanged():
   full = forward(weights, latents, timesteps, jnp.asarray(text), jnp.asarray(mask))
   zeroed = forward(weights, latents, timesteps, jnp.asarray(text * mask[..., None]), jnp.asarray(mask))
   np.testing.assert_array_equal(np.asarray(zeroed), np.asarray(full))
+
+
+def test_training_reads_latents_from_the_cache_without_encoding_images(shapes_cache, tmp_path, monkeypatch):
+  from sana_jax.training import loop
+  from tests.training.test_loop import micro_config
+  cfg = micro_config()
+  cfg.data.update(name="cache", path=str(shapes_cache), image_size=32)
+  cfg.model.update(caption_channels=32)
+  cfg.codecs.update(max_text_length=16)
+  cfg.train.update(batch_size=8, num_steps=2, checkpoint_every=2, sample_every=0)
+  cfg.sampling.update(num_eval_images=0)
+
+  def no_encoding(*args, **kwargs):
+    raise AssertionError("the image encoder ran while training from the cache")
+
+  monkeypatch.setattr(SpaceToDepthAutoencoder, "encode", no_encoding)
+  summary = loop.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert summary["step"] == 2
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]
