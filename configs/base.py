@@ -58,6 +58,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   t.checkpoint_every = 1000
   t.keep_checkpoints = 3
   t.sample_every = 5000           # steps between sample grids (0 = only at the end)
+  t.init_from = ""                # start from these weights (e.g. a grown checkpoint), fresh optimiser
   t.update(overrides)
   return t
 

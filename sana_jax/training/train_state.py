@@ -52,6 +52,28 @@ def _initializer(cfg, tx):
   return init
 
 
+def _initializer_from_checkpoint(cfg, tx):
+  """Starts from the weights of `cfg.train.init_from` (any format `load_transformer` reads: our
+  checkpoint, e.g. one written by `python -m sana_jax.grow`, a diffusers folder or a .pth) with
+  fresh optimiser state and step 0. The checkpoint's architecture must equal cfg.model's."""
+  from sana_jax.convert.checkpoints import load_transformer
+  source = load_transformer(cfg.train.init_from, dtype=jnp.dtype(cfg.model.param_dtype))
+  keys = ("hidden_size", "depth", "patch_size", "in_channels", "out_channels", "caption_channels",
+          "cross_num_heads", "cross_head_dim", "qk_norm", "mlp_ratio")
+  diff = {k: (source.cfg[k], cfg.model[k]) for k in keys if source.cfg[k] != cfg.model[k]}
+  if diff:
+    raise ValueError(f"train.init_from={cfg.train.init_from!r} does not match model config "
+                     f"(checkpoint, config): {diff}")
+  loaded = nnx.state(source, nnx.Param)
+  use_ema = cfg.train.ema_decay > 0
+
+  def init():
+    params = jax.tree.map(jnp.asarray, loaded)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=jax.tree.map(jnp.copy, params) if use_ema else None)
+  return init
+
+
 def abstract_train_state(cfg, tx: optax.GradientTransformation) -> TrainState:
   """The train state as ShapeDtypeStructs (with logical names): for planning and restoring."""
   return jax.eval_shape(_initializer(cfg, tx))
@@ -75,6 +97,8 @@ def create_train_state(cfg, tx: optax.GradientTransformation, mesh=None):
   """
   graphdef = model_graphdef(cfg.model)
   init = _initializer(cfg, tx)
+  if cfg.train.get("init_from"):
+    init = _initializer_from_checkpoint(cfg, tx)
   if mesh is None:
     return graphdef, jax.jit(init)(), None
   shardings = state_shardings(jax.eval_shape(init), mesh, sharding.axis_rules(cfg.mesh))

@@ -64,3 +64,32 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
   bad_step = int(err.value.args[0].split("at step ")[1].split(";")[0])
   kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
   assert kept[-1] == bad_step - 1 and f"step {bad_step - 1}" in str(err.value)
+
+
+def test_training_starts_from_a_grown_checkpoint_with_fresh_optimiser_state(tmp_path):
+  """`train.init_from` takes the weights of a checkpoint (here: grown 1 -> 2 blocks) at step 0."""
+  import numpy as np
+  from flax import nnx
+  from sana_jax.convert.checkpoints import save_transformer
+  from sana_jax.optim.registry import build_optimizer
+  from sana_jax.scaling.growth import grow
+  from sana_jax.training import train_state
+
+  cfg = micro_config()
+  source = train_state.build_model(cfg.model, 0)
+  grown = grow(source, 2, strategy="constant")
+  save_transformer(grown, tmp_path / "grown")
+  cfg.model.depth = 2
+  cfg.train.init_from = str(tmp_path / "grown")
+  _, state, _ = train_state.create_train_state(cfg, build_optimizer(cfg.optimizer))
+  assert int(state.step) == 0
+  for got, want in zip(jax_leaves(state.params), jax_leaves(nnx.state(grown, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  cfg.model.depth = 3
+  with pytest.raises(ValueError, match="does not match model config"):
+    train_state.create_train_state(cfg, build_optimizer(cfg.optimizer))
+
+
+def jax_leaves(tree):
+  import jax
+  return jax.tree.leaves(tree)
