@@ -4,7 +4,8 @@ COMMAND: python bench/optimizer_memory.py [--time_config SanaMS_600M_P1_D28 --ti
 
 Memory uses abstract shapes only (nnx.eval_shape, jax.eval_shape(opt.init)): nothing is allocated.
 Timing runs the jitted update on real random arrays of a smaller model of the same layout (the
-600M config cut to `--time_depth` blocks, about 50M parameters) on the default device.
+600M config cut to `--time_depth` blocks, about 50M parameters) on the default device, the
+optimisers in turn within each repeat (ratios within one run are what compare).
 """
 import argparse
 import math
@@ -59,7 +60,7 @@ def time_updates(config_name, depth, repeats):
   count = sum(x.size for x in jax.tree.leaves(params))
   print(f"\nupdate step ({config_name} cut to depth {depth}: {count / 1e6:.1f}M params, "
         f"{jax.devices()[0].device_kind}, median of {repeats})")
-  times = {}
+  steps, states, current = {}, {}, {}
   for name in NAMES:
     tx = optimizer(name)
 
@@ -68,16 +69,18 @@ def time_updates(config_name, depth, repeats):
       updates, state = tx.update(grads, state, params)
       return optax.apply_updates(params, updates), state
 
-    state = tx.init(params)
-    p, state = step(params, state, grads)
-    jax.block_until_ready(p)
-    samples = []
-    for _ in range(repeats):
+    current[name], states[name] = step(params, tx.init(params), grads)     # compile
+    jax.block_until_ready(current[name])
+    steps[name] = step
+  # Round-robin over the optimisers, so that a change in the machine's load hits all of them.
+  samples = {name: [] for name in NAMES}
+  for _ in range(repeats):
+    for name in NAMES:
       start = time.perf_counter()
-      p, state = step(p, state, grads)
-      jax.block_until_ready((p, state))
-      samples.append(time.perf_counter() - start)
-    times[name] = float(np.median(samples))
+      current[name], states[name] = steps[name](current[name], states[name], grads)
+      jax.block_until_ready((current[name], states[name]))
+      samples[name].append(time.perf_counter() - start)
+  times = {name: float(np.median(samples[name])) for name in NAMES}
   for name in NAMES:
     print(f"{name:11s} {times[name] * 1e3:9.1f} ms   {times[name] / times['adamw']:5.2f}x optax.adamw")
 

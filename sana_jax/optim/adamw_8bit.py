@@ -40,8 +40,6 @@ def scale_by_adam_8bit(
       raise ValueError(f"AdamW {label} must lie in [0, 1), got {beta}")
   if block_size < 1:
     raise ValueError(f"block_size must be positive, got {block_size}")
-  signed_map = quantization.dynamic_map(signed=True)
-  unsigned_map = quantization.dynamic_map(signed=False)
 
   def quantized(path, x) -> bool:
     layers = layout.layer_axes(layout.param_name(path), x.ndim, layer_axis_pattern)
@@ -76,14 +74,14 @@ def scale_by_adam_8bit(
       q = quantized(path, g)
       dtype, g = g.dtype, g.astype(jnp.float32)
       if q:
-        mu = quantization.dequantize_dynamic(mu, mu_absmax, signed_map, block_size)
-        nu = quantization.dequantize_dynamic(nu, nu_absmax, unsigned_map, block_size)
+        mu = quantization.dequantize_dynamic(mu, mu_absmax, signed=True, block_size=block_size)
+        nu = quantization.dequantize_dynamic(nu, nu_absmax, signed=False, block_size=block_size)
       mu = mu * b1 + g * (1.0 - b1)
       nu = nu * b2 + g * g * (1.0 - b2)
       direction = mu / (jnp.sqrt(nu) / correction2 + eps) / correction1
       if q:
-        mu, mu_absmax = quantization.quantize_dynamic(mu, signed_map, block_size)
-        nu, nu_absmax = quantization.quantize_dynamic(nu, unsigned_map, block_size)
+        mu, mu_absmax = quantization.quantize_dynamic(mu, signed=True, block_size=block_size)
+        nu, nu_absmax = quantization.quantize_dynamic(nu, signed=False, block_size=block_size)
       return direction.astype(dtype), (mu, mu_absmax, nu, nu_absmax)
 
     out = jax.tree_util.tree_map_with_path(leaf, updates, state.mu, state.mu_absmax, state.nu,

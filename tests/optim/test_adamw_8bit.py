@@ -19,8 +19,8 @@ import torch
 from sana_jax.optim import adamw_8bit, quantization
 
 LR, WD, STEPS = 1e-2, 0.1, 20
-quantize = jax.jit(quantization.quantize_dynamic, static_argnums=2)
-dequantize = jax.jit(quantization.dequantize_dynamic, static_argnums=3)
+quantize = jax.jit(quantization.quantize_dynamic, static_argnums=(1, 2))
+dequantize = jax.jit(quantization.dequantize_dynamic, static_argnums=(2, 3))
 H = 1.0 / 65535
 # [in, out] with out a multiple of 256 (blocks along the last axis = bitsandbytes' flat blocks),
 # a long vector, and a small tensor that stays float32.
@@ -46,9 +46,9 @@ def test_quantize_dynamic_agrees_with_bitsandbytes_within_one_lookup_step():
   x = torch.randn(8, 1024) * torch.logspace(-4, 0, 1024)
   code = F.create_dynamic_map(signed=True)
   ref_codes, ref_absmax = F.quantize_blockwise(x, code=code, blocksize=256)
-  codes, absmax = quantize(jnp.asarray(x.numpy()), code.numpy(), 256)
+  codes, absmax = quantize(jnp.asarray(x.numpy()), True, 256)
   np.testing.assert_array_equal(np.asarray(absmax).ravel(), ref_absmax.absmax.numpy())
-  ours = np.asarray(dequantize(codes, absmax, code.numpy(), 256))
+  ours = np.asarray(dequantize(codes, absmax, True, 256))
   theirs = F.dequantize_blockwise(ref_codes, ref_absmax).numpy()
   bound = _lut_bound(codes, absmax, code.numpy())
   assert np.all(np.abs(ours - theirs) <= bound + 1e-7)
@@ -68,7 +68,6 @@ def test_adamw_8bit_matches_bitsandbytes_step_by_step():
   tx = adamw_8bit(LR, weight_decay=WD)
   state = tx.init(params)
   update = jax.jit(tx.update)
-  signed, unsigned = quantization.dynamic_map(True), quantization.dynamic_map(False)
   for step in range(STEPS):
     grads = {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
     p = {k: jnp.asarray(t.detach().numpy()) for k, t in torch_params.items()}
@@ -93,14 +92,13 @@ def test_adamw_8bit_matches_bitsandbytes_step_by_step():
     assert adam.mu["kernel"].dtype == jnp.uint8 and adam.mu["small"].dtype == jnp.float32
     for k in ("kernel", "vector"):
       st = reference.state[torch_params[k]]
-      for codes, absmax, ref_codes, ref_absmax, code in (
-          (adam.mu[k], adam.mu_absmax[k], st["state1"], st["absmax1"], signed),
-          (adam.nu[k], adam.nu_absmax[k], st["state2"], st["absmax2"], unsigned)):
+      for codes, absmax, ref_codes, ref_absmax, signed in (
+          (adam.mu[k], adam.mu_absmax[k], st["state1"], st["absmax1"], True),
+          (adam.nu[k], adam.nu_absmax[k], st["state2"], st["absmax2"], False)):
         np.testing.assert_allclose(np.asarray(absmax).ravel(), ref_absmax.numpy(), rtol=1e-6)
-        ours = np.asarray(dequantize(codes, absmax, code, 256))
-        theirs = np.asarray(dequantize(
-            jnp.asarray(ref_codes.numpy()), absmax, code, 256))
-        bound = _lut_bound(codes, absmax, code)
+        ours = np.asarray(dequantize(codes, absmax, signed, 256))
+        theirs = np.asarray(dequantize(jnp.asarray(ref_codes.numpy()), absmax, signed, 256))
+        bound = _lut_bound(codes, absmax, quantization.dynamic_map(signed))
         assert np.all(np.abs(ours - theirs) <= bound * (1 + 1e-5)), (step, k)
     st = reference.state[torch_params["small"]]
     np.testing.assert_allclose(adam.mu["small"], st["state1"].numpy(), rtol=1e-5, atol=1e-7)
@@ -110,9 +108,8 @@ def test_adamw_8bit_matches_bitsandbytes_step_by_step():
 def test_all_zero_block_quantises_to_zero_without_nans():
   x = np.zeros((2, 512), np.float32)
   x[1, 256:] = np.linspace(-3, 3, 256)
-  code = quantization.dynamic_map(True)
-  codes, absmax = quantize(jnp.asarray(x), code, 256)
-  back = np.asarray(dequantize(codes, absmax, code, 256))
+  codes, absmax = quantize(jnp.asarray(x), True, 256)
+  back = np.asarray(dequantize(codes, absmax, True, 256))
   np.testing.assert_array_equal(np.asarray(absmax), [[0.0, 0.0], [0.0, 3.0]])
   np.testing.assert_array_equal(back[:, :256], 0.0)
   np.testing.assert_array_equal(back[0], 0.0)

@@ -99,7 +99,7 @@ def test_every_name_builds_an_optimizer_that_descends(name):
   assert all(bool(jnp.all(u < 0)) for u in jax.tree.leaves(updates))
 
 
-@pytest.mark.parametrize("name", ["came_8bit", pytest.param("adamw_8bit", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["came_8bit", "adamw_8bit"])
 def test_8bit_optimizers_update_the_tiny_sana_transformer(name, tiny_model_params):
   """The nnx parameter State (Variables, as the training step passes it) in, finite updates of
   the same structure out; stacked block kernels are factored per layer, quantised where large."""
