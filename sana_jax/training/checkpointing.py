@@ -22,7 +22,10 @@ class Checkpointer:
   """Save / restore of (state, config, data-iterator state) by step."""
 
   def __init__(self, directory, keep: int, *, async_save: bool = True):
+    # Orbax needs absolute local paths; bucket paths (gs://...) are absolute already.
     self.directory = epath.Path(directory)
+    if "://" not in str(directory):
+      self.directory = self.directory.absolute()
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "config", "data"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,

@@ -69,3 +69,19 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_with_a_warning(set
   assert step == 1 and data_state == {"next_index": 1}
   _assert_same(restored, _bumped(state, 1))
   assert "step 2" in caplog.text and "unreadable" in caplog.text
+
+
+def test_a_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+  """`python -m sana_jax.train` defaults to the relative ./workdirs/<name>: Orbax needs absolute paths."""
+  import jax.numpy as jnp
+  import ml_collections
+  from sana_jax.training.checkpointing import Checkpointer
+  monkeypatch.chdir(tmp_path)
+  ckpt = Checkpointer("relative/checkpoints", keep=2)
+  state = {"w": jnp.arange(3.0)}
+  ckpt.save(1, state, ml_collections.ConfigDict({"a": 1}), {"position": 3})
+  ckpt.wait()
+  step, restored, data_state = ckpt.restore_latest({"w": jnp.zeros(3)})
+  assert step == 1 and data_state == {"position": 3}
+  assert (tmp_path / "relative" / "checkpoints" / "1").is_dir()
+  ckpt.close()
