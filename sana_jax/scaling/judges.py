@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from sana_jax.data import shapes_eval
+
 # The NVILA-Lite-2B-Verifier prompt, as in NVlabs/Sana's nvila_sana_pick.py (wording and spacing kept,
 # the model was trained with it).
 NVILA_VERIFIER_PROMPT = (
@@ -23,15 +25,11 @@ NVILA_VERIFIER_PROMPT = (
 
 
 def to_uint8(images) -> np.ndarray:
-  """[N, H, W, 3] uint8 from uint8, or from floats in [-1, 1]."""
+  """[N, H, W, 3] uint8 from uint8, or from floats in [-1, 1] (per image: `shapes_eval.to_uint8`)."""
   images = np.asarray(images)
-  if images.ndim != 4 or images.shape[-1] != 3:
+  if images.ndim != 4:
     raise ValueError(f"images must be [N, H, W, 3], got shape {images.shape}")
-  if images.dtype == np.uint8:
-    return images
-  if not np.issubdtype(images.dtype, np.floating):
-    raise ValueError(f"images must be uint8 or float in [-1, 1], got dtype {images.dtype}")
-  return np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+  return np.stack([shapes_eval.to_uint8(image) for image in images])
 
 
 @dataclasses.dataclass
@@ -66,7 +64,6 @@ class ShapesEvaluatorJudge(PointwiseJudge):
   """The shapes dataset's exact evaluator as a judge: 1 when the image satisfies the caption, else 0."""
 
   def __init__(self):
-    from sana_jax.data import shapes_eval
 
     def score_fn(images, prompt):
       return [float(shapes_eval.evaluate_image(image, prompt)) for image in to_uint8(images)]
