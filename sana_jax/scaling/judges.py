@@ -64,7 +64,6 @@ class ShapesEvaluatorJudge(PointwiseJudge):
   """The shapes dataset's exact evaluator as a judge: 1 when the image satisfies the caption, else 0."""
 
   def __init__(self):
-
     def score_fn(images, prompt):
       return [float(shapes_eval.evaluate_image(image, prompt)) for image in to_uint8(images)]
 
