@@ -127,3 +127,13 @@ def test_nvlabs_4p8b_layout_validates_without_loading():
   cfg.depth = 20
   with pytest.raises(CheckpointError, match="the checkpoint has 60 blocks, the config 20"):
     validate_source(source, cfg)
+
+
+def test_sharded_diffusers_folder_loads_like_the_single_file(reference, tmp_path):
+  ref, folder = reference
+  ref.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+  assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").exists()
+  args = (np.ones((1, 4, 4, 4), np.float32), np.array([10.0], np.float32),
+          np.ones((1, 3, 24), np.float32), np.ones((1, 3)))
+  np.testing.assert_array_equal(np.asarray(sana_jax.load_transformer(tmp_path / "sharded")(*args)),
+                                np.asarray(sana_jax.load_transformer(folder)(*args)))
