@@ -68,8 +68,8 @@ def test_unknown_path_is_rejected(tmp_path):
 
 def test_bf16_checkpoint_loads_as_bf16(reference, tmp_path):
   ref, folder = reference
-  ref.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
-  ref.to(torch.float32)
+  import copy
+  copy.deepcopy(ref).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # leave the shared fixture fp32
   model = sana_jax.load_transformer(tmp_path / "bf16", dtype=jnp.bfloat16)
   dtypes = {v.dtype for v in __import__("jax").tree.leaves(nnx.state(model, nnx.Param))}
   assert dtypes == {jnp.dtype(jnp.bfloat16)}
