@@ -27,19 +27,13 @@ from sana_jax.convert.transformer import config_to_diffusers, dict_source, model
 from sana_jax.optim.registry import build_optimizer
 from sana_jax.training import metrics, step, train_state
 from sana_jax.training.objective import NUM_TRAIN_TIMESTEPS, shift_sigma
+from timing import matmul_flops_per_s
 
 
 def timed(fn):
   t0 = time.perf_counter()
   fn()
   return time.perf_counter() - t0
-
-
-def matmul_flops_per_s(n=2048, repeats=5):
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  return 2 * n**3 / min(timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
 
 
 def xla_flops(jitted, *args):

@@ -7,7 +7,6 @@ the time ratio diffusers/ours (target >= 2) and our achieved FLOP/s as a share o
 matmul's FLOP/s measured in the same run (target >= 40%).
 """
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,22 +17,7 @@ from flax import nnx
 import configs
 from sana_jax.convert.transformer import config_to_diffusers, dict_source, model_from_state, state_from_source
 from sana_jax.training.metrics import forward_flops_per_image
-
-
-def best_time(fn, repeats):
-  fn()  # warm-up / compile
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
-
-
-def matmul_flops_per_s(n=2048, repeats=5):
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-  f = jax.jit(lambda a: a @ a)
-  return 2 * n**3 / best_time(lambda: f(a).block_until_ready(), repeats)
+from timing import best_time, matmul_flops_per_s
 
 
 def main():

@@ -6,8 +6,6 @@ per-block tensors are stacked onto the layer axis. A bf16 checkpoint therefore n
 fp32 copy, and no full PyTorch state dict is held beside the JAX one.
 """
 import dataclasses
-import json
-import os
 import re
 from typing import Callable, Iterable, Mapping
 
@@ -347,11 +345,8 @@ def state_to_tensors(model: SanaTransformer) -> dict:
   return out
 
 
-def model_from_state(cfg, state, dtype=None) -> SanaTransformer:
+def model_from_state(cfg, state) -> SanaTransformer:
   """A concrete model of `cfg` whose parameters are `state` (no random init is materialised)."""
-  if dtype is not None:
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    cfg.param_dtype = jnp.dtype(dtype).name
   abstract = abstract_transformer(cfg)
   graphdef, _ = nnx.split(abstract)
   return nnx.merge(graphdef, state)
