@@ -5,7 +5,10 @@ forward+backward: the XLA (jnp) linear attention, softmax attention (`jax.nn.dot
 and, on a TPU / GPU, the Pallas kernels. Memory is XLA's compiled estimate
 (`jit(f).lower(...).compile().memory_analysis()`: arguments + outputs + temporaries), so it is
 reported even where running would not fit. time(4N) / time(N) is printed per column: linear
-growth gives about 4, quadratic about 16.
+growth gives about 4, quadratic about 16. A "stream" row (q + k + v: one read of the inputs, one
+write) shows what the memory hierarchy alone does to that ratio: where the arrays of N tokens fit
+in cache and those of 4N do not, even it grows by more than 4x. On an accelerator the Pallas
+speed-up over XLA is printed per N and mode.
 
   python bench/linear_attention.py                     # N = 1K, 4K, 16K, 64K, float32
   python bench/linear_attention.py --dtype bfloat16 --n 16384
@@ -21,6 +24,7 @@ import kernels
 
 def _attention_fns(eps):
   fns = {
+      "stream": lambda q, k, v: q + k + v,
       "xla_linear": lambda q, k, v: kernels.linear_attention(q, k, v, eps=eps, impl="xla"),
       "softmax": lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
   }
@@ -73,7 +77,8 @@ def main():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     qkv = [jax.random.normal(key, shape, jnp.float32).astype(dtype) for key in keys]
     for name, fn in _attention_fns(1e-15).items():
-      for mode, f in (("fwd", fn), ("fwd+bwd", _fwd_bwd(fn))):
+      modes = (("fwd", fn),) if name == "stream" else (("fwd", fn), ("fwd+bwd", _fwd_bwd(fn)))
+      for mode, f in modes:
         compiled = jax.jit(f).lower(*qkv).compile()
         peak = _peak_bytes(compiled)
         fits = peak is None or peak <= args.max_run_gib * 2**30
@@ -87,6 +92,13 @@ def main():
     longer = results.get((name, mode, 4 * n))
     if seconds and longer:
       print(f"  {name:14s} {mode:8s} N={n:6d} -> {4 * n:6d}: {longer / seconds:6.2f}")
+  speedups = [(mode, n, results["xla_linear", mode, n] / seconds)
+              for (name, mode, n), seconds in sorted(results.items())
+              if name == "pallas_linear" and seconds and results.get(("xla_linear", mode, n))]
+  if speedups:
+    print("\nPallas speed-up over XLA linear attention (time XLA / time Pallas):")
+    for mode, n, ratio in speedups:
+      print(f"  {mode:8s} N={n:6d}: {ratio:5.2f}x")
 
 
 if __name__ == "__main__":

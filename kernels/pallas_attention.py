@@ -27,10 +27,14 @@ masked to zero, like the rows past N in the last token tile.
 Backends:
 - TPU: grid (batch, head group, token tile); the token axis of the reductions is "arbitrary" with
   VMEM scratch accumulators, the rest "parallel"; ragged edges (tokens and lanes) are masked in-kernel.
-- GPU: Triton (`pl.pallas_call` with `plgpu.CompilerParams`; Mosaic GPU kernels need `plgpu.kernel`
-  and warpgroup code, which we cannot test here). Triton programs of one grid run concurrently, so the
-  token reductions loop over tiles inside one program per (batch, head group); Triton needs power-of-2
-  tiles, so W is a power of 2 that divides H*d and N is zero-padded up to the token tile (zero q, k
+- GPU: Triton (`pl.pallas_call` with `triton.CompilerParams`; deprecated from jax 0.11, where it
+  still runs and warns at each lowering; Mosaic GPU kernels need `plgpu.kernel` and warpgroup code,
+  which we cannot test here). Triton programs of one grid run concurrently, with no scratch that
+  outlives a program, so a token reduction is split: the tokens are cut into `chunks` runs of
+  `tiles_per_chunk` tiles, one program per (batch, head group, chunk) loops over its run and writes a
+  partial [W, W] state, and the partials are summed outside the kernel (chunks is chosen so that
+  batch x groups x chunks fills the GPU: 70 heads give only 35 groups). Triton needs power-of-2
+  tiles, so W is a power of 2 that divides H*d and N is zero-padded up to whole chunks (zero q, k
   rows add nothing to the state and their outputs are sliced off).
 - CPU: the same kernels in interpret mode: the generic interpreter by default, or (interpret="tpu")
   `pltpu.InterpretParams`, which models TPU semantics and fills out-of-bounds reads with NaN, so the
@@ -59,16 +63,21 @@ class Plan:
   head_dim: int
   block_tokens: int  # token tile
   lanes: int         # W: channels per head group
+  chunks: int = 1    # GPU: programs that share one (batch, head group) token reduction
 
   @property
   def groups(self):
     return pl.cdiv(self.channels, self.lanes)
 
   @property
+  def tiles_per_chunk(self):
+    return pl.cdiv(pl.cdiv(self.n, self.block_tokens), self.chunks)
+
+  @property
   def n_padded(self):
-    """Tokens the arrays are padded to (GPU only; TPU masks the ragged last tile)."""
+    """Tokens the arrays are padded to (GPU: whole chunks; TPU masks the ragged last tile)."""
     if self.backend == "gpu":
-      return pl.cdiv(self.n, self.block_tokens) * self.block_tokens
+      return self.chunks * self.tiles_per_chunk * self.block_tokens
     return self.n
 
   @property
@@ -76,12 +85,19 @@ class Plan:
     return pl.cdiv(self.n_padded, self.block_tokens)
 
 
-def make_plan(n, heads, head_dim, dtype, *, backend=None, interpret=None, block_tokens=None,
-              block_heads=None):
-  """Choose the tiling for q, k, v [B, n, heads, head_dim].
+# GPU reductions are split until batch x groups x chunks reaches this many programs (about two per
+# streaming multiprocessor of an H100), keeping at least _MIN_TILES_PER_CHUNK tiles per program.
+_GPU_TARGET_PROGRAMS = 256
+_MIN_TILES_PER_CHUNK = 4
+
+
+def make_plan(n, heads, head_dim, dtype, *, batch=1, backend=None, interpret=None,
+              block_tokens=None, block_heads=None, token_chunks=None):
+  """Choose the tiling for q, k, v [batch, n, heads, head_dim].
 
   backend defaults to the default device's platform ("tpu", "gpu", else "tpu" kernels interpreted).
-  block_tokens / block_heads override the token tile and heads per lane group (tuning and tests).
+  block_tokens / block_heads override the token tile and heads per lane group, token_chunks the
+  number of programs a GPU token reduction is split over (tuning and tests).
   """
   platform = jax.default_backend()
   if backend is None:
@@ -116,7 +132,20 @@ def make_plan(n, heads, head_dim, dtype, *, backend=None, interpret=None, block_
     if block_tokens & (block_tokens - 1):
       raise ValueError(f"block_tokens={block_tokens} must be a power of 2 on GPU (Triton)")
     block_tokens = min(block_tokens, max(16, pl.next_power_of_2(n)))
-  return Plan(backend, interpret, n, channels, head_dim, block_tokens, lanes)
+  chunks = 1
+  if backend == "gpu":
+    tiles = pl.cdiv(n, block_tokens)
+    if token_chunks is None:
+      wanted = pl.cdiv(_GPU_TARGET_PROGRAMS, batch * pl.cdiv(channels, lanes))
+      token_chunks = max(1, min(wanted, tiles // _MIN_TILES_PER_CHUNK))
+    if token_chunks < 1:
+      raise ValueError(f"token_chunks={token_chunks} must be at least 1")
+    # As few chunks as give the same tiles per chunk, so that padding stays under one chunk.
+    chunks = pl.cdiv(tiles, pl.cdiv(tiles, min(token_chunks, tiles)))
+  elif token_chunks not in (None, 1):
+    raise ValueError("token_chunks splits the GPU reductions; the TPU kernels accumulate over "
+                     "an 'arbitrary' grid axis instead")
+  return Plan(backend, interpret, n, channels, head_dim, block_tokens, lanes, chunks)
 
 
 def _gpu_lanes(heads, head_dim):
@@ -160,7 +189,8 @@ def _load(x, valid):
 def _state_tile(k, v):
   """Contribution of one tile to (k'^T v [W, W], k'^T 1 [1, W]), both float32."""
   kp = jnp.maximum(k, 0)
-  s = _dot(kp.T, v, _NN)
+  # Transpose in float32 and cast back (exact): the form TPU kernels use for bf16 operands.
+  s = _dot(kp.astype(jnp.float32).T.astype(kp.dtype), v, _NN)
   z = jnp.sum(kp.astype(jnp.float32), axis=0, keepdims=True)
   return s, z
 
@@ -203,24 +233,47 @@ def _tile_spec(plan):
   return pl.BlockSpec((None, plan.block_tokens, plan.lanes), lambda b, g, t: (b, t, g))
 
 
-def _state_specs(plan, grid_rank):
-  idx = (lambda b, g, t: (b, g, 0, 0)) if grid_rank == 3 else (lambda b, g: (b, g, 0, 0))
+def _state_specs(plan):
+  idx = lambda b, g, t: (b, g, 0, 0)
   return (pl.BlockSpec((None, None, plan.lanes, plan.lanes), idx),
           pl.BlockSpec((None, None, 1, plan.lanes), idx))
 
 
-def _mask_spec(plan, grid_rank):
-  idx = (lambda b, g, t: (0, 0)) if grid_rank == 3 else (lambda b, g: (0, 0))
-  return pl.BlockSpec((plan.lanes, plan.lanes), idx)
+def _mask_spec(plan):
+  return pl.BlockSpec((plan.lanes, plan.lanes), lambda b, g, t: (0, 0))
 
 
-def _full_token_spec(plan):
-  return pl.BlockSpec((None, plan.n_padded, plan.lanes), lambda b, g: (b, 0, g))
+def _chunk_spec(plan):
+  """GPU: the tokens of one chunk ([tiles_per_chunk * block_tokens, W]) of one head group."""
+  return pl.BlockSpec((None, plan.tiles_per_chunk * plan.block_tokens, plan.lanes),
+                      lambda b, g, c: (b, c, g))
 
 
-def _state_shapes(batch, plan):
-  return (jax.ShapeDtypeStruct((batch, plan.groups, plan.lanes, plan.lanes), jnp.float32),
-          jax.ShapeDtypeStruct((batch, plan.groups, 1, plan.lanes), jnp.float32))
+def _partial_state_specs(plan):
+  idx = lambda b, g, c: (b, g, c, 0, 0)
+  return (pl.BlockSpec((None, None, None, plan.lanes, plan.lanes), idx),
+          pl.BlockSpec((None, None, None, 1, plan.lanes), idx))
+
+
+def _state_shapes(batch, plan, chunks=None):
+  """Shapes of (S, z); with `chunks`, of one partial (S, z) per token chunk."""
+  lead = (batch, plan.groups) if chunks is None else (batch, plan.groups, chunks)
+  return (jax.ShapeDtypeStruct((*lead, plan.lanes, plan.lanes), jnp.float32),
+          jax.ShapeDtypeStruct((*lead, 1, plan.lanes), jnp.float32))
+
+
+def _chunk_loop(plan, tile_sums):
+  """GPU: sum `tile_sums(rows, tile)` -> (a [W, W], b [1, W]) over the tiles of this chunk."""
+  c = pl.program_id(2)
+
+  def body(t, carry):
+    rows = pl.ds(pl.multiple_of(t * plan.block_tokens, plan.block_tokens), plan.block_tokens)
+    a, b = tile_sums(rows, c * plan.tiles_per_chunk + t)
+    return carry[0] + a, carry[1] + b
+
+  zeros = (jnp.zeros((plan.lanes, plan.lanes), jnp.float32),
+           jnp.zeros((1, plan.lanes), jnp.float32))
+  return jax.lax.fori_loop(0, plan.tiles_per_chunk, body, zeros)
 
 
 def _compiler_params(plan, semantics):
@@ -276,8 +329,8 @@ def state(k, v, plan):
 
     return _call(
         kernel, plan, grid=(batch, plan.groups, plan.tiles),
-        in_specs=[_tile_spec(plan), _tile_spec(plan), _mask_spec(plan, 3)],
-        out_specs=_state_specs(plan, 3), out_shape=_state_shapes(batch, plan),
+        in_specs=[_tile_spec(plan), _tile_spec(plan), _mask_spec(plan)],
+        out_specs=_state_specs(plan), out_shape=_state_shapes(batch, plan),
         semantics=("parallel", "parallel", "arbitrary"),
         scratch_shapes=[pltpu.VMEM((plan.lanes, plan.lanes), jnp.float32),
                         pltpu.VMEM((1, plan.lanes), jnp.float32)])(k, v, mask)
@@ -285,23 +338,20 @@ def state(k, v, plan):
   def kernel(k_ref, v_ref, m_ref, s_ref, z_ref):
     g = pl.program_id(1)
 
-    def body(t, carry):
-      rows = pl.ds(pl.multiple_of(t * plan.block_tokens, plan.block_tokens), plan.block_tokens)
-      valid = _valid(plan, t, g, plan.block_tokens)
-      s, z = _state_tile(_load(k_ref[rows, :], valid), _load(v_ref[rows, :], valid))
-      return carry[0] + s, carry[1] + z
+    def tile_sums(rows, tile):
+      valid = _valid(plan, tile, g, plan.block_tokens)
+      return _state_tile(_load(k_ref[rows, :], valid), _load(v_ref[rows, :], valid))
 
-    zeros = (jnp.zeros((plan.lanes, plan.lanes), jnp.float32),
-             jnp.zeros((1, plan.lanes), jnp.float32))
-    s, z = jax.lax.fori_loop(0, plan.tiles, body, zeros)
+    s, z = _chunk_loop(plan, tile_sums)
     s_ref[...] = s * m_ref[...]
     z_ref[...] = z
 
-  return _call(
-      kernel, plan, grid=(batch, plan.groups),
-      in_specs=[_full_token_spec(plan), _full_token_spec(plan), _mask_spec(plan, 2)],
-      out_specs=_state_specs(plan, 2), out_shape=_state_shapes(batch, plan), semantics=None)(
-          k, v, mask)
+  s, z = _call(
+      kernel, plan, grid=(batch, plan.groups, plan.chunks),
+      in_specs=[_chunk_spec(plan), _chunk_spec(plan), _mask_spec(plan)],
+      out_specs=_partial_state_specs(plan), out_shape=_state_shapes(batch, plan, plan.chunks),
+      semantics=None)(k, v, mask)
+  return jnp.sum(s, axis=2), jnp.sum(z, axis=2)
 
 
 def apply(q, s, z, plan, eps, out_dtype):
@@ -314,10 +364,10 @@ def apply(q, s, z, plan, eps, out_dtype):
     _, out, _ = _forward_tile(q, s_ref[...], z_ref[...], m_ref[...], eps)
     o_ref[...] = out.astype(o_ref.dtype)
 
-  s_spec, z_spec = _state_specs(plan, 3)
+  s_spec, z_spec = _state_specs(plan)
   return _call(
       kernel, plan, grid=(batch, plan.groups, plan.tiles),
-      in_specs=[_tile_spec(plan), s_spec, z_spec, _mask_spec(plan, 3)],
+      in_specs=[_tile_spec(plan), s_spec, z_spec, _mask_spec(plan)],
       out_specs=_tile_spec(plan),
       out_shape=jax.ShapeDtypeStruct(q.shape, out_dtype),
       semantics=("parallel", "parallel", "parallel"))(q, s, z, head_mask(plan))
@@ -349,10 +399,10 @@ def apply_grad(q, s, z, g, plan, eps):
         ds_ref[...] = ds_acc[...] * m_ref[...]
         dz_ref[...] = dz_acc[...]
 
-    s_spec, z_spec = _state_specs(plan, 3)
+    s_spec, z_spec = _state_specs(plan)
     return _call(
         kernel, plan, grid=(batch, plan.groups, plan.tiles),
-        in_specs=[_tile_spec(plan), _tile_spec(plan), s_spec, z_spec, _mask_spec(plan, 3)],
+        in_specs=[_tile_spec(plan), _tile_spec(plan), s_spec, z_spec, _mask_spec(plan)],
         out_specs=(_tile_spec(plan), s_spec, z_spec),
         out_shape=(dq_shape, *_state_shapes(batch, plan)),
         semantics=("parallel", "parallel", "arbitrary"),
@@ -363,27 +413,25 @@ def apply_grad(q, s, z, g, plan, eps):
     gi = pl.program_id(1)
     s, z, m = s_ref[...], z_ref[...], m_ref[...]
 
-    def body(t, carry):
-      rows = pl.ds(pl.multiple_of(t * plan.block_tokens, plan.block_tokens), plan.block_tokens)
-      valid = _valid(plan, t, gi, plan.block_tokens)
+    def tile_sums(rows, tile):
+      valid = _valid(plan, tile, gi, plan.block_tokens)
       dq, ds, dz = _apply_grad_tile(_load(q_ref[rows, :], valid), _load(g_ref[rows, :], valid),
                                     s, z, m, eps)
       dq_ref[rows, :] = dq.astype(dq_ref.dtype)
-      return carry[0] + ds, carry[1] + dz
+      return ds, dz
 
-    zeros = (jnp.zeros((plan.lanes, plan.lanes), jnp.float32),
-             jnp.zeros((1, plan.lanes), jnp.float32))
-    ds, dz = jax.lax.fori_loop(0, plan.tiles, body, zeros)
+    ds, dz = _chunk_loop(plan, tile_sums)
     ds_ref[...] = ds * m
     dz_ref[...] = dz
 
-  s_spec, z_spec = _state_specs(plan, 2)
-  return _call(
-      kernel, plan, grid=(batch, plan.groups),
-      in_specs=[_full_token_spec(plan), _full_token_spec(plan), s_spec, z_spec,
-                _mask_spec(plan, 2)],
-      out_specs=(_full_token_spec(plan), s_spec, z_spec),
-      out_shape=(dq_shape, *_state_shapes(batch, plan)), semantics=None)(q, g, s, z, mask)
+  s_spec, z_spec = _state_specs(plan)
+  dq, ds, dz = _call(
+      kernel, plan, grid=(batch, plan.groups, plan.chunks),
+      in_specs=[_chunk_spec(plan), _chunk_spec(plan), s_spec, z_spec, _mask_spec(plan)],
+      out_specs=(_chunk_spec(plan), *_partial_state_specs(plan)),
+      out_shape=(dq_shape, *_state_shapes(batch, plan, plan.chunks)), semantics=None)(
+          q, g, s, z, mask)
+  return dq, jnp.sum(ds, axis=2), jnp.sum(dz, axis=2)
 
 
 def state_grad(k, v, ds, dz, plan):
@@ -398,7 +446,7 @@ def state_grad(k, v, ds, dz, plan):
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
-  s_spec, z_spec = _state_specs(plan, 3)
+  s_spec, z_spec = _state_specs(plan)
   return _call(
       kernel, plan, grid=(batch, plan.groups, plan.tiles),
       in_specs=[_tile_spec(plan), _tile_spec(plan), s_spec, z_spec],
@@ -460,16 +508,17 @@ def from_channels(x, plan, heads):
 
 
 def relu_linear_attention_pallas(q, k, v, eps=1e-15, *, backend=None, interpret=None,
-                                 block_tokens=None, block_heads=None):
+                                 block_tokens=None, block_heads=None, token_chunks=None):
   """ReLU linear attention with Pallas kernels; same contract as the jnp reference.
 
   q, k, v: [B, N, H, d] (q, k before the ReLU) -> [B, N, H, d] in v.dtype. Differentiable in
-  q, k, v with a Pallas backward. See make_plan for backend / interpret / block_* .
+  q, k, v with a Pallas backward. See make_plan for backend / interpret / block_* / token_chunks.
   """
   _check_qkv(q, k, v)
-  _, n, heads, head_dim = q.shape
-  plan = make_plan(n, heads, head_dim, q.dtype, backend=backend, interpret=interpret,
-                   block_tokens=block_tokens, block_heads=block_heads)
+  batch, n, heads, head_dim = q.shape
+  plan = make_plan(n, heads, head_dim, q.dtype, batch=batch, backend=backend,
+                   interpret=interpret, block_tokens=block_tokens, block_heads=block_heads,
+                   token_chunks=token_chunks)
   s, z = state_stage(to_channels(k, plan), to_channels(v, plan), plan)
   out = apply_stage(to_channels(q, plan), s, z, plan, float(eps), jnp.dtype(v.dtype))
   return from_channels(out, plan, heads)

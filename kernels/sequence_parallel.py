@@ -38,8 +38,8 @@ def sequence_parallel_linear_attention(q, k, v, *, eps=1e-15, impl="xla", mesh, 
       state = reference.linear_attention_state(k, v)
       state = jax.lax.psum(state, seq_axis)
       return reference.linear_attention_apply(q, *state, eps, v.dtype)
-    _, n, heads, head_dim = q.shape
-    plan = pallas_attention.make_plan(n, heads, head_dim, q.dtype, **pallas_options)
+    batch, n, heads, head_dim = q.shape
+    plan = pallas_attention.make_plan(n, heads, head_dim, q.dtype, batch=batch, **pallas_options)
     to = lambda x: pallas_attention.to_channels(x, plan)
     state = pallas_attention.state_stage(to(k), to(v), plan)
     state = jax.lax.psum(state, seq_axis)

@@ -60,6 +60,16 @@ def test_fp32_ragged_tokens_and_partial_head_group_match_reference(backend):
                            block_heads=2)
 
 
+def test_gpu_reductions_split_over_token_chunks_match_reference():
+  # 37 tokens = 5 tiles of 8; 3 chunks of 2 tiles: padded to 48 tokens, the last chunk holds the
+  # ragged tile and a whole padding tile, and the partial states of the chunks are summed.
+  q, k, v = _qkv((2, 37, 4, 8), seed=6)
+  plan = pallas_attention.make_plan(37, 4, 8, jnp.float32, batch=2, backend="gpu",
+                                    block_tokens=8, token_chunks=3)
+  assert (plan.chunks, plan.tiles_per_chunk, plan.n_padded) == (3, 2, 48)
+  _check_against_reference(q, k, v, 1e-6, 1e-5, backend="gpu", block_tokens=8, token_chunks=3)
+
+
 @pytest.mark.slow  # the TPU-semantics interpreter is slow; the generic one also NaN-pads edges
 def test_tpu_semantics_interpreter_with_nan_filled_edges_matches_reference():
   # pltpu.InterpretParams returns NaN for the out-of-bounds part of edge blocks: any missing mask
@@ -100,6 +110,17 @@ def test_gpu_plan_uses_power_of_two_groups_that_divide_the_heads():
   assert (plan.block_tokens, plan.n_padded) == (128, 1024)
 
 
+def test_gpu_plan_splits_long_reductions_until_the_gpu_is_full():
+  # 16K tokens at batch 1: 35 head groups alone would leave most of an H100's 132 SMs idle.
+  plan = pallas_attention.make_plan(16384, 70, 32, jnp.bfloat16, backend="gpu", interpret=False)
+  assert (plan.chunks, plan.tiles_per_chunk, plan.n_padded) == (8, 16, 16384)
+  # A big batch already fills it; a ragged count pads by less than one chunk.
+  assert pallas_attention.make_plan(16384, 70, 32, jnp.bfloat16, batch=8, backend="gpu").chunks == 1
+  ragged = pallas_attention.make_plan(4112, 70, 32, jnp.bfloat16, backend="gpu")  # 33 tiles
+  assert (ragged.chunks, ragged.tiles_per_chunk, ragged.n_padded) == (7, 5, 4480)
+  assert ragged.n_padded - 4112 < ragged.tiles_per_chunk * ragged.block_tokens
+
+
 def test_auto_impl_is_xla_on_cpu_and_pallas_impl_runs_interpreted():
   q, k, v = _qkv((1, 10, 2, 8), seed=5)
   ref = relu_linear_attention_reference(q, k, v, 1e-6)
@@ -118,3 +139,5 @@ def test_bad_arguments_raise_clear_errors():
     kernels.linear_attention(q, k, v, seq_axis="seq")
   with pytest.raises(ValueError, match="multiple of 16"):
     pallas_attention.make_plan(64, 2, 8, jnp.bfloat16, backend="tpu", block_tokens=8)
+  with pytest.raises(ValueError, match="token_chunks"):
+    pallas_attention.make_plan(64, 2, 8, jnp.float32, backend="tpu", token_chunks=4)

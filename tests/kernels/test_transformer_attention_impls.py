@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 import configs
@@ -13,7 +12,7 @@ from sana_jax.models.transformer import SanaTransformer
 def _model(impl):
   cfg = configs.get_config("tiny").model
   cfg.attention_impl = impl
-  return SanaTransformer(cfg, rngs=nnx.Rngs(0))  # same seed -> same weights for both impls
+  return SanaTransformer(cfg, rngs=nnx.Rngs(0)), cfg  # same seed -> same weights for both impls
 
 
 def _loss_and_grads(model, latents, timesteps, text, mask):
@@ -27,15 +26,17 @@ def _loss_and_grads(model, latents, timesteps, text, mask):
   return value, out, grads
 
 
-@pytest.mark.slow  # ~2 min on 2 CPU cores: the interpreted kernels inside the scanned, differentiated model
 def test_tiny_transformer_outputs_and_grads_agree_between_xla_and_pallas():
+  xla_model, cfg = _model("xla")
+  pallas_model, _ = _model("pallas")
   rng = np.random.default_rng(0)
-  latents = jnp.asarray(rng.standard_normal((2, 4, 5, 4)), jnp.float32)  # N = 20 tokens
+  # N = 20 tokens (a non-square latent), two prompts of different lengths.
+  latents = jnp.asarray(rng.standard_normal((2, 4, 5, cfg.in_channels)), jnp.float32)
   timesteps = jnp.asarray([10.0, 800.0])
-  text = jnp.asarray(rng.standard_normal((2, 6, 32)), jnp.float32)
+  text = jnp.asarray(rng.standard_normal((2, 6, cfg.caption_channels)), jnp.float32)
   mask = jnp.asarray([[1, 1, 1, 1, 0, 0], [1] * 6])
-  xla = _loss_and_grads(_model("xla"), latents, timesteps, text, mask)
-  pallas = _loss_and_grads(_model("pallas"), latents, timesteps, text, mask)
+  xla = _loss_and_grads(xla_model, latents, timesteps, text, mask)
+  pallas = _loss_and_grads(pallas_model, latents, timesteps, text, mask)
   np.testing.assert_allclose(pallas[0], xla[0], rtol=1e-5)
   np.testing.assert_allclose(pallas[1], xla[1], rtol=1e-5, atol=1e-5)
   flat_x = jax.tree.leaves(xla[2])

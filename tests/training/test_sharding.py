@@ -46,7 +46,7 @@ def test_unknown_mesh_axis_in_a_rule_is_an_error():
     sharding.axis_rules(cfg)
 
 
-def _one_step(cfg, mesh):
+def _one_step(cfg, mesh, with_rules=False):
   tx = sgd_momentum()
   graphdef, state, shardings = train_state.create_train_state(cfg, tx, mesh)
   fn = step.make_train_step(graphdef, tx, cfg.train, null_text=null_text(cfg), seed=cfg.seed)
@@ -54,9 +54,11 @@ def _one_step(cfg, mesh):
   if mesh is None:
     new_state, metrics = step.jit_train_step(fn)(state, batch)
   else:
-    batch_sharding = sharding.batch_sharding(mesh, sharding.axis_rules(cfg.mesh))
+    rules = sharding.axis_rules(cfg.mesh)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
     batch = sharding.global_batch(batch, batch_sharding)
-    new_state, metrics = step.jit_train_step(fn, mesh, shardings, batch_sharding)(state, batch)
+    new_state, metrics = step.jit_train_step(fn, mesh, shardings, batch_sharding,
+                                             rules if with_rules else None)(state, batch)
   return float(metrics["loss"]), jax.tree.map(np.asarray, new_state.params), new_state
 
 
@@ -81,3 +83,17 @@ def test_sharded_step_equals_single_device_step(single_device_step, sizes):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_params)
   kernel = state.params["blocks"]["ffn"]["conv_inverted"]["kernel"][...]  # [layers, embed, mlp]
   assert kernel.sharding.shard_shape(kernel.shape) == (2, 64 // sizes["fsdp"], 320 // sizes["tensor"])
+
+
+def test_sequence_parallel_attention_in_the_train_step_equals_single_device_step(
+    single_device_step):
+  # As the training loop runs it (under the mesh and the logical rules): the 64 image tokens are
+  # split over the tensor axis inside linear attention, the batch stays on data x fsdp.
+  cfg = tiny_config()
+  cfg.mesh.update(data=2, fsdp=2, tensor=2)
+  cfg.model.update(seq_parallel_axis="tensor", seq_parallel_batch_axis=("data", "fsdp"))
+  mesh = sharding.create_mesh(cfg.mesh)
+  loss, params, _ = _one_step(cfg, mesh, with_rules=True)
+  ref_loss, ref_params, _ = single_device_step
+  assert abs(loss - ref_loss) <= 1e-5
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_params)
