@@ -32,8 +32,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   m.interpolation_scale = 1.0
   m.sample_size = 32              # base latent size the sincos embedding is laid out for
   m.attention_impl = "auto"       # "auto" | "pallas" | "xla"
-  # Sequence parallelism for linear attention: the mesh axis the image tokens are split over
-  # (None = off) and the axis (or axes) the batch is sharded over. Needs `jax.set_mesh(mesh)`.
+  # Sequence parallelism: the mesh axis the image tokens are split over in every layer (None =
+  # off; the latent rows must divide by its size) and the axis (or axes) the batch is split over.
+  # Needs a mesh: the train step provides it, elsewhere `jax.set_mesh(mesh)`. See docs/kernels.md.
   m.seq_parallel_axis = None
   m.seq_parallel_batch_axis = None
   m.remat_policy = "none"         # "none" | "full" | "dots" | "dots_no_batch" (see models/transformer.py)

@@ -44,6 +44,32 @@ def constrain(x, names):
   return jax.lax.with_sharding_constraint(x, spec)
 
 
+def seq_parallel_axes(cfg):
+  """(seq_axis, batch_axis) from cfg.seq_parallel_axis / seq_parallel_batch_axis, hashable (a list
+  from a JSON config becomes a tuple): what a module keeps to call `sequence_parallel` with."""
+  batch_axis = cfg.get("seq_parallel_batch_axis")
+  if isinstance(batch_axis, list):
+    batch_axis = tuple(batch_axis)
+  return cfg.get("seq_parallel_axis") or None, batch_axis
+
+
+def sequence_parallel(seq_axis, batch_axis):
+  """(mesh, seq_axis, batch_axis) when seq_axis is set (sequence parallelism), else None.
+
+  The mesh is the one the model is traced under (`jax.set_mesh`, or the abstract mesh the train
+  step sets).
+  """
+  if not seq_axis:
+    return None
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    raise ValueError(f"seq_parallel_axis={seq_axis!r} needs a mesh: call the model under "
+                     "jax.set_mesh(mesh)")
+  if seq_axis not in mesh.shape:
+    raise ValueError(f"seq_parallel_axis={seq_axis!r} is not an axis of the mesh {dict(mesh.shape)}")
+  return mesh, seq_axis, batch_axis
+
+
 def _dtypes(cfg):
   return jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
@@ -57,8 +83,7 @@ class LinearSelfAttention(nnx.Module):
     self.num_heads = d // cfg.linear_head_dim
     self.eps = cfg.linear_attn_eps
     self.impl = cfg.attention_impl
-    self.seq_axis = cfg.get("seq_parallel_axis")
-    self.batch_axis = cfg.get("seq_parallel_batch_axis")
+    self.seq_axes = seq_parallel_axes(cfg)
     kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
     self.to_q = dense(d, d, ("embed", "heads"), use_bias=False, **kw)
     self.to_k = dense(d, d, ("embed", "heads"), use_bias=False, **kw)
@@ -77,12 +102,9 @@ class LinearSelfAttention(nnx.Module):
       q, k = self.norm_q(q), self.norm_k(k)
     split = lambda t: t.reshape(b, n, self.num_heads, d // self.num_heads)  # [B, N, H, d]
     parallel = {}
-    if self.seq_axis:
-      mesh = jax.sharding.get_abstract_mesh()
-      if mesh.empty:
-        raise ValueError(f"seq_parallel_axis={self.seq_axis!r} needs a mesh: call the model under "
-                         "jax.set_mesh(mesh)")
-      parallel = dict(mesh=mesh, seq_axis=self.seq_axis, batch_axis=self.batch_axis)
+    seq_split = sequence_parallel(*self.seq_axes)
+    if seq_split:
+      parallel = dict(zip(("mesh", "seq_axis", "batch_axis"), seq_split))
     out = kernels.linear_attention(split(q), split(k), split(v), eps=self.eps, impl=self.impl, **parallel)
     return self.to_out(out.reshape(b, n, d))
 
@@ -133,15 +155,48 @@ class DepthwiseConv3x3(nnx.Module):
     self.bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), ("mlp",))(
         rngs.params(), (channels,), param_dtype))
 
-  def __call__(self, x):  # [B, H, W, C]
-    height, width = x.shape[1:3]
+  def __call__(self, x, split=None):  # [B, H, W, C]
+    """split: (mesh, seq_axis, batch_axis) when the rows are sharded over seq_axis (sequence
+    parallelism): each device then exchanges one edge row with each neighbour (ppermute) instead
+    of gathering the image."""
     kernel = self.kernel[...].astype(self.dtype)
-    padded = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = self.bias[...].astype(self.dtype)
-    for i in range(3):
-      for j in range(3):
-        out = out + padded[:, i:i + height, j:j + width, :] * kernel[i, j, 0]
-    return out
+    bias = self.bias[...].astype(self.dtype)
+    x = x.astype(self.dtype)
+    if split is None:
+      return _shifted_adds(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel, bias)
+    mesh, seq_axis, batch_axis = split
+    shards = mesh.shape[seq_axis]
+    if x.shape[1] % shards:
+      raise ValueError(f"sequence parallelism splits the latent rows: {x.shape[1]} rows (patches) "
+                       f"do not divide over the {shards} devices of mesh axis {seq_axis!r}")
+    spec = jax.sharding.PartitionSpec(batch_axis, seq_axis, None, None)
+    def local(x, kernel, bias):
+      rows = _with_halo_rows(x, seq_axis, shards)
+      return _shifted_adds(jnp.pad(rows, ((0, 0), (0, 0), (1, 1), (0, 0))), kernel, bias)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, jax.sharding.PartitionSpec(),
+                                                     jax.sharding.PartitionSpec()),
+                         out_specs=spec)(x, kernel, bias)
+
+
+def _shifted_adds(padded, kernel, bias):
+  """[B, H + 2, W + 2, C] (one extra row / column on each side) -> the 3x3 depthwise conv."""
+  height, width = padded.shape[1] - 2, padded.shape[2] - 2
+  out = bias
+  for i in range(3):
+    for j in range(3):
+      out = out + padded[:, i:i + height, j:j + width, :] * kernel[i, j, 0]
+  return out
+
+
+def _with_halo_rows(x, axis, shards):
+  """Local rows [B, r, W, C] of a row-sharded image -> [B, r + 2, W, C]: the previous shard's last
+  row on top and the next shard's first row below (zeros at the image border, like the padding)."""
+  down = [(i, i + 1) for i in range(shards - 1)]
+  up = [(i + 1, i) for i in range(shards - 1)]
+  above = jax.lax.ppermute(x[:, -1:], axis, down)  # devices that receive nothing get zeros
+  below = jax.lax.ppermute(x[:, :1], axis, up)
+  return jnp.concatenate([above, x, below], axis=1)
 
 
 class MixFFN(nnx.Module):
@@ -155,11 +210,12 @@ class MixFFN(nnx.Module):
     self.conv_inverted = dense(d, 2 * hidden, ("embed", "mlp"), **kw)
     self.conv_depth = DepthwiseConv3x3(2 * hidden, dtype=dtype, param_dtype=pdtype, rngs=rngs)
     self.conv_point = dense(hidden, d, ("mlp", "embed"), use_bias=False, **kw)
+    self.seq_axes = seq_parallel_axes(cfg)
 
   def __call__(self, x, height, width):
     b, n, _ = x.shape
     h = jax.nn.silu(self.conv_inverted(x)).reshape(b, height, width, -1)  # [B, H, W, 2h]
-    h = self.conv_depth(h).reshape(b, n, -1)
+    h = self.conv_depth(h, sequence_parallel(*self.seq_axes)).reshape(b, n, -1)
     value, gate = jnp.split(h, 2, axis=-1)
     return self.conv_point(value * jax.nn.silu(gate))
 
@@ -236,6 +292,21 @@ class SanaTransformer(nnx.Module):
   def depth(self) -> int:
     return self.cfg.depth
 
+  def constrain_tokens(self, x, split_tokens=True):
+    """Pins the sharding of [B, N, D] activations between blocks.
+
+    Normally the batch follows the logical "batch" rule (see `constrain`). With sequence
+    parallelism (`seq_parallel_axis`) the batch goes over `seq_parallel_batch_axis` and the tokens
+    over `seq_parallel_axis` in every layer, not only inside attention, so each device holds 1/P of
+    the activations of a long sequence (caption tokens, split_tokens=False, are only batch-split).
+    """
+    split = sequence_parallel(*seq_parallel_axes(self.cfg))
+    if split is None:
+      return constrain(x, ("batch", None, None))
+    _, seq_axis, batch_axis = split
+    spec = jax.sharding.PartitionSpec(batch_axis, seq_axis if split_tokens else None, None)
+    return jax.lax.with_sharding_constraint(x, spec)
+
   def embed_conditions(self, timesteps, text, text_mask):
     """-> (t [B, D], t0 [B, 6D], caption features [B, L, D], additive key bias [B, L] float32)."""
     t = self.t_embed_2(jax.nn.silu(self.t_embed_1(timestep_sinusoid(timesteps).astype(self.dtype))))
@@ -269,7 +340,7 @@ class SanaTransformer(nnx.Module):
 
     def body(carry, block_state):
       block = nnx.merge(graphdef, block_state)
-      out = constrain(block(carry, t0, text, text_bias, h, w), ("batch", None, None))
+      out = self.constrain_tokens(block(carry, t0, text, text_bias, h, w))
       return out, ((carry, out) if collect_block_io else None)
 
     policy = self.cfg.remat_policy
@@ -292,9 +363,9 @@ class SanaTransformer(nnx.Module):
   def __call__(self, latents, timesteps, text, text_mask):
     _check_inputs(latents, timesteps, text, text_mask, self.cfg.caption_channels)
     x, grid = self.embed_latents(latents)
-    x = constrain(x, ("batch", None, None))
+    x = self.constrain_tokens(x)
     t, t0, text, text_bias = self.embed_conditions(timesteps, text, text_mask)
-    text = constrain(text, ("batch", None, None))
+    text = self.constrain_tokens(text, split_tokens=False)
     x, _ = self.run_blocks(x, t0, text, text_bias, grid)
     return self.unpatchify(x, t, grid).astype(latents.dtype)
 
