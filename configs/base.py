@@ -5,6 +5,7 @@ overrides what differs. A config value has one name everywhere: config field, CL
 (`--config.optimizer.name=came_8bit`) and checkpoint metadata.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from sana_jax.data.pipeline import default_data_config
 from sana_jax.optim.registry import default_optimizer_config
@@ -35,8 +36,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   # Sequence parallelism: the mesh axis the image tokens are split over in every layer (None =
   # off; the latent rows must divide by its size) and the axis (or axes) the batch is split over.
   # Needs a mesh: the train step provides it, elsewhere `jax.set_mesh(mesh)`. See docs/kernels.md.
-  m.seq_parallel_axis = None
-  m.seq_parallel_batch_axis = None
+  m.seq_parallel_axis = config_dict.placeholder(str)        # typed None: settable from flags
+  m.seq_parallel_batch_axis = config_dict.placeholder(object)  # "data" or '("data", "fsdp")'
   m.remat_policy = "none"         # "none" | "full" | "dots" | "dots_no_batch" (see models/transformer.py)
   m.dtype = "float32"             # compute dtype
   m.param_dtype = "float32"

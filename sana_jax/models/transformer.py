@@ -170,6 +170,7 @@ class DepthwiseConv3x3(nnx.Module):
       raise ValueError(f"sequence parallelism splits the latent rows: {x.shape[1]} rows (patches) "
                        f"do not divide over the {shards} devices of mesh axis {seq_axis!r}")
     spec = jax.sharding.PartitionSpec(batch_axis, seq_axis, None, None)
+
     def local(x, kernel, bias):
       rows = _with_halo_rows(x, seq_axis, shards)
       return _shifted_adds(jnp.pad(rows, ((0, 0), (0, 0), (1, 1), (0, 0))), kernel, bias)

@@ -9,6 +9,7 @@ samples/step_<N>.png (sample grids from fixed prompts) and, on the shapes data, 
 evaluator's score of samples drawn for held-out prompts). Running again with the same workdir
 resumes from the newest readable checkpoint; SIGTERM (TPU preemption) saves one before exiting.
 """
+import contextlib
 import json
 import math
 import signal
@@ -74,8 +75,11 @@ def make_scheduler(sampling_cfg):
   return schedulers[sampling_cfg.sampler](sampling_cfg.num_steps, sampling_cfg.flow_shift)
 
 
-def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg):
-  """(params, prompts, seed, latent_shape) -> images float [B, H, W, 3] in [-1, 1], CFG with ""."""
+def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):
+  """(params, prompts, seed, latent_shape) -> images float [B, H, W, 3] in [-1, 1], CFG with "".
+
+  mesh: traced under it (`jax.set_mesh`), which a sequence-parallel model needs.
+  """
   scheduler = make_scheduler(sampling_cfg)
   null_text, null_mask = text_encoder.null_embedding()
 
@@ -88,7 +92,8 @@ def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg):
   def sample(params, prompts, seed, latent_shape):
     text, mask = text_encoder.encode(list(prompts))
     noise = jax.random.normal(jax.random.key(seed), (len(prompts),) + tuple(latent_shape), jnp.float32)
-    latents = np.asarray(denoise(params, noise, text, mask))
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+      latents = np.asarray(denoise(params, noise, text, mask))
     return np.clip(autoencoder.decode(latents / autoencoder.scaling_factor), -1.0, 1.0)
 
   return sample
@@ -147,10 +152,10 @@ def train_and_evaluate(cfg, workdir) -> dict:
 
   mesh = sharding.create_mesh(cfg.mesh)
   rules = sharding.axis_rules(cfg.mesh)
-  batch_shards = sharding.batch_shard_count(mesh, rules)
+  batch_shards = sharding.batch_shard_count(mesh, rules, cfg.model)
   if cfg.train.batch_size % (batch_shards * cfg.train.grad_accum_steps):
     raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {batch_shards} "
-                     f"batch shards (data x fsdp) x {cfg.train.grad_accum_steps} micro-batches")
+                     f"batch shards (the mesh axes of the batch) x {cfg.train.grad_accum_steps} micro-batches")
   tx = build_optimizer(cfg.optimizer)
   from_cache = cfg.data.name == "cache"
   if from_cache:  # the cache holds encoder outputs; codecs are only needed for sample grids
@@ -186,12 +191,15 @@ def train_and_evaluate(cfg, workdir) -> dict:
   else:
     null_text = jnp.asarray(text_encoder.null_embedding()[0][0])  # [L, C]
     latent_hw, text_tokens = cfg.data.image_size // autoencoder.spatial_compression, text_encoder.max_length
-  batch_sharding = sharding.batch_sharding(mesh, rules)
+  batch_sharding = sharding.batch_sharding(mesh, rules, cfg.model)
   update = step.jit_train_step(
       step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
                            learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params),
       mesh, shardings, batch_sharding, rules)
-  sampler = make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling) if autoencoder else None
+  sampler = None
+  if autoencoder:
+    sampler = make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling,
+                           mesh if cfg.model.get("seq_parallel_axis") else None)
   grid_prompts, _ = heldout_shapes(cfg, cfg.sampling.num_images)
   latent_shape = (latent_hw, latent_hw, cfg.model.in_channels)
   flops_per_image = metrics.train_flops_per_image(cfg.model, latent_hw, latent_hw, text_tokens)

@@ -69,7 +69,7 @@ def plan_memory(cfg, mesh, *, batch_size: int, image_size: int, text_tokens: int
   graphdef = train_state.model_graphdef(cfg.model)
   abstract = train_state.abstract_train_state(cfg, tx)
   shardings = train_state.state_shardings(abstract, mesh, rules)
-  batch_sharding = sharding.batch_sharding(mesh, rules)
+  batch_sharding = sharding.batch_sharding(mesh, rules, cfg.model)
   batch = abstract_batch(cfg, batch_size, latent, text_tokens, batch_sharding)
   fn = step.make_train_step(graphdef, tx, cfg.train,
                             null_text=jnp.zeros((text_tokens, cfg.model.caption_channels)), seed=0,

@@ -99,14 +99,24 @@ def tree_shardings(tree, mesh: Mesh, rules):
   return jax.tree.map(one, tree, is_leaf=_is_variable)
 
 
-def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
-  """Leading (batch) axis over the axes the "batch" rule names, everything else replicated."""
-  return NamedSharding(mesh, logical_to_spec(("batch",), rules))
+def _batch_axes(rules, model_cfg=None):
+  """Mesh axes of the batch dimension: those of the "batch" rule or, with sequence parallelism
+  (model_cfg.seq_parallel_axis), model_cfg.seq_parallel_batch_axis: the sequence axis then carries
+  the tokens of each sample, so the global batch may be smaller than the device count."""
+  if model_cfg is not None and model_cfg.get("seq_parallel_axis"):
+    axes = model_cfg.get("seq_parallel_batch_axis")
+    return tuple(axes) if isinstance(axes, list) else axes
+  return logical_to_spec(("batch",), rules)[0]
 
 
-def batch_shard_count(mesh: Mesh, rules) -> int:
+def batch_sharding(mesh: Mesh, rules, model_cfg=None) -> NamedSharding:
+  """Leading (batch) axis over the batch axes (see _batch_axes), everything else replicated."""
+  return NamedSharding(mesh, P(_batch_axes(rules, model_cfg)))
+
+
+def batch_shard_count(mesh: Mesh, rules, model_cfg=None) -> int:
   """Into how many pieces the batch axis is split (the global batch must be a multiple)."""
-  axes = logical_to_spec(("batch",), rules)[0] or ()
+  axes = _batch_axes(rules, model_cfg) or ()
   return math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
 
 

@@ -97,3 +97,17 @@ def test_sequence_parallel_attention_in_the_train_step_equals_single_device_step
   ref_loss, ref_params, _ = single_device_step
   assert abs(loss - ref_loss) <= 1e-5
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_params)
+
+
+def test_with_sequence_parallelism_the_batch_follows_the_models_batch_axis():
+  # The sequence axis carries tokens, so a batch smaller than the device count can be trained.
+  cfg = tiny_config()
+  cfg.mesh.update(data=2, fsdp=4, tensor=1)
+  mesh = sharding.create_mesh(cfg.mesh)
+  rules = sharding.axis_rules(cfg.mesh)
+  assert sharding.batch_shard_count(mesh, rules, cfg.model) == 8
+  cfg.model.update(seq_parallel_axis="fsdp", seq_parallel_batch_axis="data")
+  assert sharding.batch_shard_count(mesh, rules, cfg.model) == 2
+  assert sharding.batch_sharding(mesh, rules, cfg.model).spec == P("data")
+  cfg.model.seq_parallel_batch_axis = ["data"]  # as read back from a JSON config
+  assert sharding.batch_sharding(mesh, rules, cfg.model).spec == P(("data",))
