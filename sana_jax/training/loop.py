@@ -143,9 +143,6 @@ def train_and_evaluate(cfg, workdir) -> dict:
   sharding.maybe_initialize_distributed()
   workdir = epath.Path(workdir)
   is_main = jax.process_index() == 0
-  if cfg.train.batch_size % (jax.process_count() * cfg.train.grad_accum_steps):
-    raise ValueError(f"train.batch_size {cfg.train.batch_size} must divide into "
-                     f"{jax.process_count()} hosts x {cfg.train.grad_accum_steps} micro-batches")
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(cfg.to_json(indent=2))
@@ -156,6 +153,9 @@ def train_and_evaluate(cfg, workdir) -> dict:
   if cfg.train.batch_size % (batch_shards * cfg.train.grad_accum_steps):
     raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {batch_shards} "
                      f"batch shards (the mesh axes of the batch) x {cfg.train.grad_accum_steps} micro-batches")
+  batch_sharding = sharding.batch_sharding(mesh, rules, cfg.model)
+  # Each host reads the rows its devices hold (hosts that share rows read the same samples).
+  host_shard, host_shards = sharding.process_batch_shard(batch_sharding, cfg.train.batch_size)
   tx = build_optimizer(cfg.optimizer)
   from_cache = cfg.data.name == "cache"
   if from_cache:  # the cache holds encoder outputs; codecs are only needed for sample grids
@@ -172,8 +172,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
   abstract = train_state.abstract_train_state(cfg, tx)
   shardings = train_state.state_shardings(abstract, mesh, rules)
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed, jax.process_index(),
-                               jax.process_count())
+  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed, host_shard, host_shards)
 
   restored = ckpt.restore_latest(checkpointing.abstract_with_shardings(abstract, shardings))
   if restored is None:
@@ -191,7 +190,6 @@ def train_and_evaluate(cfg, workdir) -> dict:
   else:
     null_text = jnp.asarray(text_encoder.null_embedding()[0][0])  # [L, C]
     latent_hw, text_tokens = cfg.data.image_size // autoencoder.spatial_compression, text_encoder.max_length
-  batch_sharding = sharding.batch_sharding(mesh, rules, cfg.model)
   update = step.jit_train_step(
       step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
                            learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params),
@@ -236,7 +234,8 @@ def train_and_evaluate(cfg, workdir) -> dict:
         ckpt.wait()
         print(f"SIGTERM: saved a checkpoint at step {current} in {ckpt.directory}; exiting.")
         return {"step": current, "preempted": True}
-      batch = sharding.global_batch(encode_batch(next(data), autoencoder, text_encoder), batch_sharding)
+      batch = sharding.global_batch(encode_batch(next(data), autoencoder, text_encoder), batch_sharding,
+                                    cfg.train.batch_size)
       state, step_metrics = update(state, batch)
       loss = float(step_metrics["loss"])
       if not math.isfinite(loss):

@@ -120,10 +120,42 @@ def batch_shard_count(mesh: Mesh, rules, model_cfg=None) -> int:
   return math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
 
 
-def global_batch(local_batch, sharding: NamedSharding):
-  """Assembles each host's slice of the batch into global arrays sharded by `sharding`."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      local_batch)
+def process_batch_shard(sharding: NamedSharding, global_batch_size: int) -> tuple:
+  """(shard_index, shard_count): the slice of the global batch this process's devices hold, as
+  the data pipeline's host shard. Processes holding the same rows (the batch replicated over a mesh
+  axis that spans hosts, as under sequence parallelism) get the same index: they must read the
+  same samples."""
+  index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+  rows = [(s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop)
+          for s in index_map.values()]
+  return contiguous_shard(rows, global_batch_size)
+
+
+def contiguous_shard(rows, global_batch_size: int) -> tuple:
+  """The (index, count) shard that the union of the row ranges `rows` forms in a batch of
+  `global_batch_size`; an error if it is not one equal, contiguous slice."""
+  rows = sorted(rows)
+  start, stop = rows[0]
+  for lo, hi in rows[1:]:
+    if lo > stop:
+      raise ValueError(f"this process's devices hold batch rows {rows}, not one contiguous slice: "
+                       "reorder the mesh so each host's devices are adjacent on the batch axes")
+    stop = max(stop, hi)
+  size = stop - start
+  if global_batch_size % size or start % size:
+    raise ValueError(f"this process holds batch rows [{start}, {stop}) of {global_batch_size}, "
+                     "not an equal shard")
+  return start // size, global_batch_size // size
+
+
+def global_batch(local_batch, sharding: NamedSharding, global_batch_size=None):
+  """Assembles each host's slice of the batch into global arrays sharded by `sharding` (pass
+  global_batch_size when hosts share rows: it cannot be inferred from the local slices then)."""
+  def one(x):
+    x = np.asarray(x)
+    shape = None if global_batch_size is None else (global_batch_size,) + x.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, x, shape)
+  return jax.tree.map(one, local_batch)
 
 
 def maybe_initialize_distributed():

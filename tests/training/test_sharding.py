@@ -111,3 +111,15 @@ def test_with_sequence_parallelism_the_batch_follows_the_models_batch_axis():
   assert sharding.batch_sharding(mesh, rules, cfg.model).spec == P("data")
   cfg.model.seq_parallel_batch_axis = ["data"]  # as read back from a JSON config
   assert sharding.batch_sharding(mesh, rules, cfg.model).spec == P(("data",))
+
+
+def test_each_host_reads_the_contiguous_rows_its_devices_hold():
+  # One process here holds every row; the interval logic is what multi-host runs rely on.
+  mesh = sharding.create_mesh(tiny_config().mesh)
+  assert sharding.process_batch_shard(sharding.batch_sharding(mesh, [("batch", "fsdp")]), 16) == (0, 1)
+  assert sharding.contiguous_shard([(4, 6), (6, 8)], 16) == (1, 4)
+  assert sharding.contiguous_shard([(0, 16), (0, 16)], 16) == (0, 1)  # replicated over hosts
+  with pytest.raises(ValueError, match="contiguous"):
+    sharding.contiguous_shard([(0, 2), (4, 6)], 16)
+  with pytest.raises(ValueError, match="equal shard"):
+    sharding.contiguous_shard([(2, 5)], 16)
