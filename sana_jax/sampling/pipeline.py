@@ -12,7 +12,8 @@ latents. What is compiled, and how often:
     arguments of one jitted `lax.fori_loop`, so nothing is dispatched from Python per step;
   - the VAE decode and the image post-processing once per latent shape.
 When the number of images divides over the local devices, latents, text and decode are sharded on
-the batch axis over all of them (parameters replicated), so a TPU host uses every chip.
+the batch axis over all of them (parameters replicated), so a TPU host uses every chip; after
+`enable_sequence_parallel()` a batch that does not (one 4K image) has its tokens split over them.
 
 `convert_pipeline(src, dst)` writes our export of a diffusers folder: `sana_pipeline.json` (format
 tag, scheduler config, component configs) + Orbax `transformer/`, `text_encoder/`, `vae/` and the
@@ -22,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 import time
@@ -37,6 +39,7 @@ from sana_jax.convert.checkpoints import load_transformer, save_transformer
 from sana_jax.data.buckets import scale_table
 from sana_jax.models.autoencoder import DCAE, DCAEConfig, load_autoencoder
 from sana_jax.models.gemma2 import Gemma2Config, Gemma2Model
+from sana_jax.models.transformer import SanaTransformer
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling.schedulers import SAMPLERS, scheduler_from_config
 from sana_jax.sampling.text_encoding import CHI_DEFAULT, PromptEncoder
@@ -170,6 +173,8 @@ class SanaPipeline:
     self._transformer_graph, self._transformer_state = _split(transformer)
     self._vae_graph, self._vae_state = _split(vae)
     self._replicated = {}
+    self._token_split_devices = None  # set by enable_sequence_parallel
+    self._token_split_graphs = {}
 
   # --------------------------------------------------------------------------- loading
   @classmethod
@@ -200,6 +205,20 @@ class SanaPipeline:
 
   def disable_vae_tiling(self):
     self.vae_tiling = None
+
+  def enable_sequence_parallel(self, devices=None):
+    """Split each image's tokens over `devices` (default: all local ones) when a call's batch does
+    not divide over them, e.g. one 4K image on the 8 cores of a TPU host: the devices form a
+    (batch, seq) mesh with batch = gcd(images, devices) and the transformer runs sequence-parallel
+    over seq (docs/kernels.md). The latent rows (in patches) must divide by the seq size. A batch
+    that divides over the devices is spread over them as usual."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    if len(devices) < 2:
+      raise ValueError(f"sequence parallelism needs at least 2 devices, got {len(devices)}")
+    self._token_split_devices = devices
+
+  def disable_sequence_parallel(self):
+    self._token_split_devices = None
 
   # --------------------------------------------------------------------------- sampling
   def encode_prompt(self, prompt, negative_prompt="", num_images_per_prompt: int = 1,
@@ -256,6 +275,10 @@ class SanaPipeline:
     t_text = time.perf_counter()
 
     spread = self._spread_sharding(batch)
+    transformer_graph, token_mesh = self._transformer_graph, None
+    if spread is None and self._token_split_devices is not None:
+      token_mesh, transformer_graph = self._token_split(batch, latent_hw)
+      spread = NamedSharding(token_mesh, P("batch"))
     transformer_state, vae_state = self._transformer_state, self._vae_state
     if spread is not None:
       latents, text, mask = jax.device_put((latents, text, mask), spread)
@@ -264,8 +287,9 @@ class SanaPipeline:
       transformer_state, vae_state = self._replicated_states(spread)
     # The loop's per-step host callback is ordered, which XLA allows on one device only.
     show = progress and spread is None
-    with _progress(progress, scheduler.num_inference_steps) as bar:
-      latents = _denoise(self._transformer_graph, transformer_state, latents, scheduler,
+    with _progress(progress, scheduler.num_inference_steps) as bar, \
+        (jax.set_mesh(token_mesh) if token_mesh is not None else contextlib.nullcontext()):
+      latents = _denoise(transformer_graph, transformer_state, latents, scheduler,
                          jnp.float32(guidance_scale), text, mask, neg_text, neg_mask, guided=guided,
                          timestep_scale=self.timestep_scale, progress=show)
       latents.block_until_ready()
@@ -314,6 +338,24 @@ class SanaPipeline:
     if len(devices) < 2 or batch % len(devices):
       return None
     return NamedSharding(Mesh(np.array(devices), ("batch",)), P("batch"))
+
+  def _token_split(self, batch, latent_hw):
+    """(batch x seq mesh, transformer graph that splits tokens over seq) for this call."""
+    devices = self._token_split_devices
+    data = math.gcd(batch, len(devices))
+    seq = len(devices) // data
+    rows = latent_hw[0] // self.transformer.cfg.patch_size
+    if rows % seq:
+      raise ValueError(f"sequence parallelism splits the {rows} latent rows (patches) of each image "
+                       f"over {seq} devices, which does not divide them; choose another height or "
+                       "fewer devices (enable_sequence_parallel(devices=...))")
+    mesh = Mesh(np.array(devices).reshape(data, seq), ("batch", "seq"))
+    if seq not in self._token_split_graphs:
+      cfg = self.transformer.cfg.as_configdict()
+      cfg.seq_parallel_axis, cfg.seq_parallel_batch_axis = "seq", "batch"
+      self._token_split_graphs[seq] = nnx.split(
+          nnx.eval_shape(lambda: SanaTransformer(cfg, rngs=nnx.Rngs(0))))[0]
+    return mesh, self._token_split_graphs[seq]
 
   def _replicated_states(self, spread):
     """Transformer and VAE parameters replicated on the sharding's devices (made once, kept)."""

@@ -81,6 +81,21 @@ def test_batch_that_divides_over_devices_is_spread_over_all_of_them(tiny_pipe):
   np.testing.assert_allclose(np.asarray(spread[:2]), np.asarray(one_device), atol=1e-5, rtol=0)
 
 
+def test_sequence_parallel_splits_one_image_over_all_devices(tiny_folder, latents):
+  # One guided image on 8 devices: a (1, 8) mesh, each device holding 2 of the 16 latent rows.
+  pipe = SanaPipeline.from_pretrained(tiny_folder[0])
+  args = dict(latents=latents[1:], sampler="flow_euler", complex_human_instruction=None,
+              output_type="latent", **SMALL)
+  whole = pipe(PROMPTS[1], **args).images
+  pipe.enable_sequence_parallel()
+  split = pipe(PROMPTS[1], **args).images
+  assert len(split.sharding.device_set) == jax.local_device_count() == 8
+  np.testing.assert_allclose(np.asarray(split), np.asarray(whole), atol=1e-5, rtol=0)
+  pipe.enable_sequence_parallel(jax.local_devices()[:3])
+  with pytest.raises(ValueError, match="latent rows"):
+    pipe(PROMPTS[1], **args)
+
+
 @pytest.mark.parametrize("sample_size, reference", [
     (16, pipeline_sana.ASPECT_RATIO_512_BIN), (32, pipeline_sana.ASPECT_RATIO_1024_BIN),
     (64, pipeline_sana.ASPECT_RATIO_2048_BIN), (128, pipeline_sana.ASPECT_RATIO_4096_BIN)])
