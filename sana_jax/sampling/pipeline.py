@@ -359,7 +359,7 @@ class SanaPipeline:
 
   def _replicated_states(self, spread):
     """Transformer and VAE parameters replicated on the sharding's devices (made once, kept)."""
-    key = spread.mesh.devices.shape
+    key = (spread.mesh.devices.shape, tuple(d.id for d in spread.mesh.devices.flat))
     if key not in self._replicated:
       replicated = NamedSharding(spread.mesh, P())
       self._replicated[key] = jax.device_put((self._transformer_state, self._vae_state), replicated)
