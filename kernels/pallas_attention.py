@@ -276,6 +276,36 @@ def _chunk_loop(plan, tile_sums):
   return jax.lax.fori_loop(0, plan.tiles_per_chunk, body, zeros)
 
 
+def _write_state(sums, out_refs, mask):
+  """Writes a token reduction (a [W, W], b [1, W]): a keeps only its per-head diagonal blocks."""
+  out_refs[0][...] = sums[0] * mask
+  out_refs[1][...] = sums[1]
+
+
+def _accumulator_scratch(plan):
+  """TPU: VMEM accumulators of one token reduction, [W, W] and [1, W] float32."""
+  return [pltpu.VMEM((plan.lanes, plan.lanes), jnp.float32),
+          pltpu.VMEM((1, plan.lanes), jnp.float32)]
+
+
+def _accumulate_tiles(sums, acc_refs, out_refs, mask_ref):
+  """TPU: adds this token tile's (a, b) to the accumulators (zeroed at the first tile of the
+  "arbitrary" token axis) and writes the reduction out after the last tile."""
+  t = pl.program_id(2)
+
+  @pl.when(t == 0)
+  def _():
+    for acc in acc_refs:
+      acc[...] = jnp.zeros_like(acc)
+
+  for acc, x in zip(acc_refs, sums):
+    acc[...] += x
+
+  @pl.when(t == pl.num_programs(2) - 1)
+  def _():
+    _write_state([acc[...] for acc in acc_refs], out_refs, mask_ref[...])
+
+
 def _compiler_params(plan, semantics):
   if plan.interpret:
     return None
@@ -311,29 +341,16 @@ def state(k, v, plan):
   if plan.backend == "tpu":
     def kernel(k_ref, v_ref, m_ref, s_ref, z_ref, s_acc, z_acc):
       g, t = pl.program_id(1), pl.program_id(2)
-
-      @pl.when(t == 0)
-      def _():
-        s_acc[...] = jnp.zeros_like(s_acc)
-        z_acc[...] = jnp.zeros_like(z_acc)
-
       valid = _valid(plan, t, g, plan.block_tokens)
-      s, z = _state_tile(_load(k_ref[...], valid), _load(v_ref[...], valid))
-      s_acc[...] += s
-      z_acc[...] += z
-
-      @pl.when(t == pl.num_programs(2) - 1)
-      def _():
-        s_ref[...] = s_acc[...] * m_ref[...]
-        z_ref[...] = z_acc[...]
+      sums = _state_tile(_load(k_ref[...], valid), _load(v_ref[...], valid))
+      _accumulate_tiles(sums, (s_acc, z_acc), (s_ref, z_ref), m_ref)
 
     return _call(
         kernel, plan, grid=(batch, plan.groups, plan.tiles),
         in_specs=[_tile_spec(plan), _tile_spec(plan), _mask_spec(plan)],
         out_specs=_state_specs(plan), out_shape=_state_shapes(batch, plan),
         semantics=("parallel", "parallel", "arbitrary"),
-        scratch_shapes=[pltpu.VMEM((plan.lanes, plan.lanes), jnp.float32),
-                        pltpu.VMEM((1, plan.lanes), jnp.float32)])(k, v, mask)
+        scratch_shapes=_accumulator_scratch(plan))(k, v, mask)
 
   def kernel(k_ref, v_ref, m_ref, s_ref, z_ref):
     g = pl.program_id(1)
@@ -342,9 +359,7 @@ def state(k, v, plan):
       valid = _valid(plan, tile, g, plan.block_tokens)
       return _state_tile(_load(k_ref[rows, :], valid), _load(v_ref[rows, :], valid))
 
-    s, z = _chunk_loop(plan, tile_sums)
-    s_ref[...] = s * m_ref[...]
-    z_ref[...] = z
+    _write_state(_chunk_loop(plan, tile_sums), (s_ref, z_ref), m_ref[...])
 
   s, z = _call(
       kernel, plan, grid=(batch, plan.groups, plan.chunks),
@@ -381,23 +396,11 @@ def apply_grad(q, s, z, g, plan, eps):
   if plan.backend == "tpu":
     def kernel(q_ref, g_ref, s_ref, z_ref, m_ref, dq_ref, ds_ref, dz_ref, ds_acc, dz_acc):
       gi, t = pl.program_id(1), pl.program_id(2)
-
-      @pl.when(t == 0)
-      def _():
-        ds_acc[...] = jnp.zeros_like(ds_acc)
-        dz_acc[...] = jnp.zeros_like(dz_acc)
-
       valid = _valid(plan, t, gi, plan.block_tokens)
       dq, ds, dz = _apply_grad_tile(_load(q_ref[...], valid), _load(g_ref[...], valid),
                                     s_ref[...], z_ref[...], m_ref[...], eps)
       dq_ref[...] = dq.astype(dq_ref.dtype)
-      ds_acc[...] += ds
-      dz_acc[...] += dz
-
-      @pl.when(t == pl.num_programs(2) - 1)
-      def _():
-        ds_ref[...] = ds_acc[...] * m_ref[...]
-        dz_ref[...] = dz_acc[...]
+      _accumulate_tiles((ds, dz), (ds_acc, dz_acc), (ds_ref, dz_ref), m_ref)
 
     s_spec, z_spec = _state_specs(plan)
     return _call(
@@ -406,8 +409,7 @@ def apply_grad(q, s, z, g, plan, eps):
         out_specs=(_tile_spec(plan), s_spec, z_spec),
         out_shape=(dq_shape, *_state_shapes(batch, plan)),
         semantics=("parallel", "parallel", "arbitrary"),
-        scratch_shapes=[pltpu.VMEM((plan.lanes, plan.lanes), jnp.float32),
-                        pltpu.VMEM((1, plan.lanes), jnp.float32)])(q, g, s, z, mask)
+        scratch_shapes=_accumulator_scratch(plan))(q, g, s, z, mask)
 
   def kernel(q_ref, g_ref, s_ref, z_ref, m_ref, dq_ref, ds_ref, dz_ref):
     gi = pl.program_id(1)
@@ -420,9 +422,7 @@ def apply_grad(q, s, z, g, plan, eps):
       dq_ref[rows, :] = dq.astype(dq_ref.dtype)
       return ds, dz
 
-    ds, dz = _chunk_loop(plan, tile_sums)
-    ds_ref[...] = ds * m
-    dz_ref[...] = dz
+    _write_state(_chunk_loop(plan, tile_sums), (ds_ref, dz_ref), m)
 
   s_spec, z_spec = _state_specs(plan)
   dq, ds, dz = _call(

@@ -256,6 +256,7 @@ class SanaTransformer(nnx.Module):
     if cfg.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}; choose from {list(REMAT_POLICIES)}")
     self.cfg = ml_collections.FrozenConfigDict(cfg)
+    self.seq_axes = seq_parallel_axes(cfg)
     dtype, pdtype = _dtypes(cfg)
     self.dtype = dtype
     d, p = cfg.hidden_size, cfg.patch_size
@@ -301,7 +302,7 @@ class SanaTransformer(nnx.Module):
     over `seq_parallel_axis` in every layer, not only inside attention, so each device holds 1/P of
     the activations of a long sequence (caption tokens, split_tokens=False, are only batch-split).
     """
-    split = sequence_parallel(*seq_parallel_axes(self.cfg))
+    split = sequence_parallel(*self.seq_axes)
     if split is None:
       return constrain(x, ("batch", None, None))
     _, seq_axis, batch_axis = split

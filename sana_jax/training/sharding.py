@@ -17,6 +17,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sana_jax.models.transformer import seq_parallel_axes
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 def mesh_shape(mesh_cfg, num_devices: int) -> dict:
@@ -103,9 +105,10 @@ def _batch_axes(rules, model_cfg=None):
   """Mesh axes of the batch dimension: those of the "batch" rule or, with sequence parallelism
   (model_cfg.seq_parallel_axis), model_cfg.seq_parallel_batch_axis: the sequence axis then carries
   the tokens of each sample, so the global batch may be smaller than the device count."""
-  if model_cfg is not None and model_cfg.get("seq_parallel_axis"):
-    axes = model_cfg.get("seq_parallel_batch_axis")
-    return tuple(axes) if isinstance(axes, list) else axes
+  if model_cfg is not None:
+    seq_axis, batch_axis = seq_parallel_axes(model_cfg)
+    if seq_axis:
+      return batch_axis
   return logical_to_spec(("batch",), rules)[0]
 
 
