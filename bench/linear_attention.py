@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-import kernels
+from sana_jax import kernels
 
 
 def _attention_fns(eps):

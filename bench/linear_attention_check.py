@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.pallas_attention import relu_linear_attention_pallas
-from kernels.reference import relu_linear_attention_reference
+from sana_jax.kernels.pallas_attention import relu_linear_attention_pallas
+from sana_jax.kernels.reference import relu_linear_attention_reference
 
 CASES = [  # (batch, tokens, heads, head_dim, dtype, eps)
     (1, 1000, 70, 32, jnp.float32, 1e-15),

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-import configs
+from sana_jax import configs
 from sana_jax.models.transformer import SanaTransformer
 from sana_jax.optim import build_optimizer, default_optimizer_config
 

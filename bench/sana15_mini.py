@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import configs  # noqa: E402
+from sana_jax import configs  # noqa: E402
 from sana_jax.data import pipeline, shapes_eval  # noqa: E402
 from sana_jax.optim.registry import build_optimizer  # noqa: E402
 from sana_jax.scaling import block_importance, grow, prune  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-import configs
+from sana_jax import configs
 from sana_jax.convert.transformer import config_to_diffusers, dict_source, model_from_state, state_from_source
 from sana_jax.optim.registry import build_optimizer
 from sana_jax.training import metrics, step, train_state

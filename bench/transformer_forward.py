@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-import configs
+from sana_jax import configs
 from sana_jax.convert.transformer import config_to_diffusers, dict_source, model_from_state, state_from_source
 from sana_jax.training.metrics import forward_flops_per_image
 from timing import best_time, matmul_flops_per_s

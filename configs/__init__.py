@@ -20,4 +20,4 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
   module = NAMED_CONFIGS.get(name, name)
   if module not in NAMED_CONFIGS.values():
     raise ValueError(f"unknown config {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
-  return importlib.import_module(f"configs.{module}").get_config()
+  return importlib.import_module(f"sana_jax.configs.{module}").get_config()

@@ -1,5 +1,5 @@
 """SanaMS_1600M_P1_D20: width 2240, depth 20, 20 cross-attention heads of 112."""
-from configs.base import base_config
+from sana_jax.configs.base import base_config
 
 
 def get_config():

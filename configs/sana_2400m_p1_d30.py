@@ -1,5 +1,5 @@
 """SanaMS_2400M_P1_D30: width 2240, depth 30, 20 cross-attention heads of 112."""
-from configs.base import base_config
+from sana_jax.configs.base import base_config
 
 
 def get_config():

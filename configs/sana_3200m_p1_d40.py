@@ -1,5 +1,5 @@
 """SanaMS_3200M_P1_D40: width 2240, depth 40, 20 cross-attention heads of 112."""
-from configs.base import base_config
+from sana_jax.configs.base import base_config
 
 
 def get_config():

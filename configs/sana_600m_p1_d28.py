@@ -1,5 +1,5 @@
 """SanaMS_600M_P1_D28: width 1152, depth 28, 16 cross-attention heads of 72."""
-from configs.base import base_config
+from sana_jax.configs.base import base_config
 
 
 def get_config():

@@ -4,7 +4,7 @@ COMMAND: python -m sana_jax.train            (this config is the default; about 
 Trains on the built-in 32x32 shapes data with parameter-free codecs: 4x4 space-to-depth "latents"
 (8x8x48) and fixed random word vectors for the captions.
 """
-from configs.base import base_config
+from sana_jax.configs.base import base_config
 
 
 def get_config():

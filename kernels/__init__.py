@@ -1,9 +1,9 @@
 """Linear-attention kernels and the single entry point the model calls."""
 import jax
 
-from kernels.pallas_attention import relu_linear_attention_pallas
-from kernels.reference import relu_linear_attention_reference
-from kernels.sequence_parallel import sequence_parallel_linear_attention
+from sana_jax.kernels.pallas_attention import relu_linear_attention_pallas
+from sana_jax.kernels.reference import relu_linear_attention_reference
+from sana_jax.kernels.sequence_parallel import sequence_parallel_linear_attention
 
 IMPLS = ("auto", "pallas", "xla")
 

@@ -11,7 +11,7 @@ import jax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from kernels import pallas_attention, reference
+from sana_jax.kernels import pallas_attention, reference
 
 
 def sequence_parallel_linear_attention(q, k, v, *, eps=1e-15, impl="xla", mesh, seq_axis,

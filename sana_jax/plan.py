@@ -41,7 +41,7 @@ if "--real_devices" not in sys.argv:
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-import configs  # noqa: E402
+from sana_jax import configs  # noqa: E402
 from sana_jax.training import planning, sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-import configs
+from sana_jax import configs
 from sana_jax.data import cache, shapes
 from sana_jax.data.pipeline import build_source, default_data_config
 

@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import configs
+from sana_jax import configs
 from sana_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -355,7 +355,7 @@ def model_from_state(cfg, state) -> SanaTransformer:
 # ----------------------------------------------------------------------------- configs
 def config_from_diffusers(d: Mapping, name: str = "diffusers") -> ml_collections.ConfigDict:
   """Our model config from a diffusers `SanaTransformer2DModel` config.json dict."""
-  from configs.base import model_config
+  from sana_jax.configs.base import model_config
   if d.get("guidance_embeds"):
     raise CheckpointError("guidance-embedding (SANA-Sprint) transformers are not supported")
   hidden = d["num_attention_heads"] * d["attention_head_dim"]
@@ -394,7 +394,7 @@ def config_to_diffusers(cfg) -> dict:
 
 def resolve_config(config) -> ml_collections.ConfigDict:
   """A model ConfigDict from a config name, a full job config, or a model config."""
-  import configs
+  from sana_jax import configs
   if config is None:
     raise CheckpointError("an NVlabs .pth checkpoint needs `config` (a config name such as "
                           f"{sorted(configs.NAMED_CONFIGS)} or a ConfigDict)")

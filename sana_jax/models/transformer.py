@@ -15,7 +15,7 @@ import ml_collections
 from flax import nnx
 from flax.core import spmd as flax_spmd
 
-import kernels
+from sana_jax import kernels
 from sana_jax.models.layers import (RMSNorm, dense, layer_norm, partitioned, sincos_pos_embed_2d,
                                     timestep_sinusoid)
 

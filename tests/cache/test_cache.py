@@ -242,7 +242,7 @@ def test_a_record_whose_shape_disagrees_with_the_manifest_is_refused(cache_copy)
 
 
 def test_a_cache_that_does_not_fit_the_model_is_refused(shapes_cache):
-  import configs
+  from sana_jax import configs
   model_cfg = configs.get_config("tiny").model
   cache.CacheSource(str(shapes_cache)).check_model(model_cfg)
   model_cfg.in_channels = 32
@@ -293,7 +293,7 @@ def test_gemma_cache_keeps_the_unmasked_caption_features_with_the_instruction(tm
 
 def test_zeroed_padding_rows_leave_the_transformer_output_unchanged():
   """Why the cache may drop the padded rows of the text features: the model never reads them."""
-  import configs
+  from sana_jax import configs
   import jax
   import jax.numpy as jnp
   from flax import nnx

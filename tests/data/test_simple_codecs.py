@@ -81,7 +81,7 @@ def test_long_prompts_are_cut_to_max_length(text_encoder):
 
 @pytest.mark.slow  # building the model takes ~40 s on a shared 2-core CPU
 def test_codecs_feed_the_transformer():
-  import configs
+  from sana_jax import configs
   from flax import nnx
   from sana_jax.models.transformer import SanaTransformer
 

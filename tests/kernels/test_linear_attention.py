@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels
-from kernels import pallas_attention
-from kernels.reference import relu_linear_attention_reference
+from sana_jax import kernels
+from sana_jax.kernels import pallas_attention
+from sana_jax.kernels.reference import relu_linear_attention_reference
 
 
 def _qkv(shape, dtype=jnp.float32, seed=0):

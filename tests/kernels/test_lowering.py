@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from kernels import pallas_attention
+from sana_jax.kernels import pallas_attention
 
 # Pallas Triton calls carry Triton IR, which has no serialisation guarantee; we only lower here.
 _TRITON = "__gpu$xla.gpu.triton"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-import kernels
-from kernels.reference import relu_linear_attention_reference
+from sana_jax import kernels
+from sana_jax.kernels.reference import relu_linear_attention_reference
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import configs
+from sana_jax import configs
 from sana_jax.models.transformer import SanaTransformer
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from flax import nnx
 
-import configs
+from sana_jax import configs
 import sana_jax
 from sana_jax.convert.transformer import CheckpointError, diffusers_to_nvlabs
 from sana_jax.models.transformer import abstract_transformer, count_params

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import configs
+from sana_jax import configs
 from sana_jax.models.transformer import SanaTransformer
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import configs
+from sana_jax import configs
 from sana_jax.models.transformer import SanaTransformer
 from sana_jax.optim import OPTIMIZERS, build_optimizer, decay_mask, default_optimizer_config, make_schedule
 

@@ -10,7 +10,7 @@ from absl import flags
 from nbclient import NotebookClient
 from PIL import Image
 
-import configs
+from sana_jax import configs
 from sana_jax import sample
 from sana_jax.optim.registry import build_optimizer
 from sana_jax.training import checkpointing, train_state

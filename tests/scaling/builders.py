@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs.base import model_config
+from sana_jax.configs.base import model_config
 from sana_jax.models.transformer import abstract_transformer
 
 CAPTION_CHANNELS = 16

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-import configs
+from sana_jax import configs
 from sana_jax.training.train_state import TrainState
 
 
