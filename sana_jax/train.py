@@ -1,41 +1,47 @@
-"""Train a SANA model: `python -m sana_jax.train [--config=configs/X.py] [--workdir=DIR]`.
+"""Train a SANA model: `python -m sana_jax.train [--config=configs/X.py | --config=NAME] [--workdir=DIR]`.
 
 With no flags it trains configs/tiny.py on the built-in shapes data on the CPU. Override any config
 value from the command line, e.g. `--config.train.num_steps=200 --config.optimizer.name=came`.
-Running again with the same --workdir resumes from its newest checkpoint.
+Running again with the same --workdir resumes from its newest checkpoint (docs/training.md,
+"Resuming", lists what may change on resume). SIGTERM or Ctrl-C stop with a checkpoint.
 """
-import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from sana_jax import configs
-from sana_jax.training import loop
+from sana_jax import cli, configs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(configs.__file__), "tiny.py"),
-    "Training config file (a configs/*.py with get_config()).")
+    "Training config: a configs/*.py file (with get_config()) or a preset name such as tiny.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, logs and samples go (default: ./workdirs/<model name>).")
 
 
 def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax reports every save at INFO
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]} (config values go as --config.a.b=value)")
+  from sana_jax.data import shapes_eval
+  from sana_jax.training import loop
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("workdirs", cfg.model.name)
   print(f"workdir: {os.path.abspath(workdir)}  (tensorboard --logdir {workdir}/tensorboard)", flush=True)
-  try:
-    summary = loop.train_and_evaluate(cfg, workdir)
-  except loop.TrainingDiverged as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  summary = loop.train_and_evaluate(cfg, workdir)
+  if "stopped" in summary:
+    saved = summary["saved"]
+    print(f"{summary['stopped']}: stopped at step {summary['step']} " +
+          (f"(checkpoint {saved} saved in {os.path.join(workdir, 'checkpoints')})" if saved is not None
+           else "(no checkpoint saved)"), flush=True)
+    return
   if "shapes_score" in summary:
-    print("shapes evaluator score of the samples:", json.dumps(summary["shapes_score"]))
-  print(f"done: step {summary['step']}; samples in {os.path.join(workdir, 'samples')}", flush=True)
+    print("shapes evaluator, held-out prompts:")
+    print(shapes_eval.score_table(summary["shapes_score"], summary["shapes_counts"]))
+    if "eval_grid" in summary:
+      print(f"each image with its prompt and verdict: {summary['eval_grid']}")
+  print(f"done: step {summary['step']} (checkpoint {summary['saved']} saved); samples in "
+        f"{os.path.join(workdir, 'samples')}", flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -113,15 +113,32 @@ def _as_spec(spec) -> shapes_lib.SceneSpec:
   raise TypeError(f"expected a SceneSpec, its JSON or a caption, got {type(spec).__name__}")
 
 
+def verdicts(images: Iterable[np.ndarray], specs: Iterable[shapes_lib.SceneSpec | str]) -> list[tuple[str, bool]]:
+  """(task, correct) per image, in order: the evaluator's verdict on each."""
+  return [(spec.task, evaluate_image(image, spec))
+          for image, spec in zip(images, map(_as_spec, specs), strict=True)]
+
+
 def score(images: Iterable[np.ndarray], specs: Iterable[shapes_lib.SceneSpec | str]) -> dict[str, float]:
   """Accuracy per task present and `overall` (mean of the task accuracies), as GenEval reports."""
-  results: dict[str, list[bool]] = {}
-  count = 0
-  for image, spec in zip(images, specs, strict=True):
-    spec = _as_spec(spec)
-    results.setdefault(spec.task, []).append(evaluate_image(image, spec))
-    count += 1
-  if not count:
+  return score_verdicts(verdicts(images, specs))
+
+
+def score_verdicts(per_image: Sequence[tuple[str, bool]]) -> dict[str, float]:
+  """`score` from the (task, correct) pairs `verdicts` returns."""
+  if not per_image:
     raise ValueError("score() needs at least one image")
+  results: dict[str, list[bool]] = {}
+  for task, ok in per_image:
+    results.setdefault(task, []).append(ok)
   per_task = {task: float(np.mean(results[task])) for task in shapes_lib.TASKS if task in results}
   return {**per_task, "overall": float(np.mean(list(per_task.values())))}
+
+
+def score_table(scores: dict[str, float], counts: dict[str, int] | None = None) -> str:
+  """The scores as a small text table (task, accuracy[, images]), `overall` last."""
+  rows = [(task, f"{value:.3f}", "" if counts is None else str(counts.get(task, "")))
+          for task, value in scores.items()]
+  head = ("task", "score", "" if counts is None else "images")
+  width = max(len(r[0]) for r in rows + [head])
+  return "\n".join(f"{a:<{width}}  {b:>5}  {c:>6}".rstrip() for a, b, c in [head] + rows)

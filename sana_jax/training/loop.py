@@ -5,34 +5,49 @@
 What a run leaves in `workdir`: config.json, checkpoints/<step>/ (state, config, data position),
 tensorboard/ (scalars: loss, learning_rate, grad_norm, step_time, images_per_sec,
 tflops_per_device, mfu), metrics.jsonl (the same scalars, one JSON line per logged step),
-samples/step_<N>.png (sample grids from fixed prompts) and, on the shapes data, eval.json (the
-evaluator's score of samples drawn for held-out prompts). Running again with the same workdir
-resumes from the newest readable checkpoint; SIGTERM (TPU preemption) saves one before exiting.
+samples/step_<N>.png (sample grids from fixed prompts, each image with its prompt) and, on the
+shapes data, eval.json and samples/eval_step_<N>.png (the evaluator's score of samples drawn for
+held-out prompts, and each image with its prompt and verdict). train.lock holds the run's host and
+pid while it runs: one run per workdir.
+
+Running again with the same workdir resumes from the newest readable checkpoint, after checking
+that the stored config allows it (training/resume.py, docs/training.md). SIGTERM (TPU preemption)
+or Ctrl-C save a checkpoint between two steps and return {"stopped": signal, "saved": step}.
+
+The loop never waits on the device per step: the next batch is encoded and sharded on a
+background thread (host.Prefetcher), and metrics are read back at log and checkpoint steps only,
+where a NaN / Inf loss or gradient norm stops the run naming its step. Checkpoints are written
+only from finite parameters.
 """
 import contextlib
 import json
 import math
-import signal
+import os
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tqdm
 from etils import epath
 from flax import nnx
-from PIL import Image
 
 from sana_jax.data import cache, pipeline, shapes, shapes_eval
 from sana_jax.models.simple_codecs import SpaceToDepthAutoencoder, WordEmbeddingTextEncoder
 from sana_jax.optim.registry import build_optimizer, make_schedule
 from sana_jax.sampling.denoise import sample_loop
+from sana_jax.sampling import grid
 from sana_jax.sampling.schedulers import FlowDPMSolverScheduler, FlowEulerScheduler
-from sana_jax.training import checkpointing, metrics, sharding, step, train_state
+from sana_jax.training import checkpointing, host, metrics, resume, sharding, step, train_state
 
 
 class TrainingDiverged(RuntimeError):
-  """The loss became NaN or Inf; the newest checkpoint on disk is the last good state."""
+  """The loss, a gradient or the parameters became NaN or Inf; names the last good checkpoint."""
+
+
+class Interrupted(RuntimeError):
+  """A second Ctrl-C stopped the run mid-step; names the newest checkpoint on disk."""
 
 
 def build_codecs(cfg):
@@ -99,19 +114,6 @@ def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):
   return sample
 
 
-def save_grid(images, path, columns: int = 4):
-  """Tiles float images in [-1, 1] into one PNG."""
-  images = np.stack([shapes_eval.to_uint8(image) for image in images])
-  rows = math.ceil(len(images) / columns)
-  h, w = images.shape[1:3]
-  grid = np.full((rows * (h + 2), columns * (w + 2), 3), 255, np.uint8)
-  for i, image in enumerate(images):
-    r, c = divmod(i, columns)
-    grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = image
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(path)
-
-
 def heldout_shapes(cfg, count: int):
   """Prompts and specs the model was not trained on: the shapes generator with another seed."""
   source = shapes.ShapesSource(count, cfg.data.image_size, cfg.data.shapes_seed + 1,
@@ -120,33 +122,105 @@ def heldout_shapes(cfg, count: int):
   return [s.caption for s in specs], specs
 
 
-class _Preemption:
-  """Records SIGTERM so the loop can save a checkpoint and stop between two steps."""
 
-  def __init__(self):
-    self.requested = False
 
-  def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
+def _restore_or_init(cfg, tx, ckpt, abstract, shardings, mesh, workdir):
+  """-> (state, data_state or None, notices). Compares the stored config first (ResumeError)."""
+  stored = ckpt.stored_config()
+  if stored is None and ckpt.steps() and (workdir / "config.json").exists():
+    stored = ckpt.steps()[-1], json.loads((workdir / "config.json").read_text())
+  if stored is None:
+    _, state, _ = train_state.create_train_state(cfg, tx, mesh)
+    return state, None, []
+  step_of_config, stored_cfg = stored
+  try:
+    saved_cfg = ml_collections.ConfigDict(stored_cfg)
+    saved_abstract = train_state.abstract_train_state(saved_cfg, build_optimizer(saved_cfg.optimizer))
+    layout = resume.describe_layout_difference(saved_abstract, abstract)
+  except Exception:  # noqa: BLE001 - a config from another version: the field rules still apply
+    layout = ""
+  notices = resume.check_resume(stored_cfg, json.loads(cfg.to_json()), workdir, step_of_config, layout)
+  restored = ckpt.restore_latest(checkpointing.abstract_with_shardings(abstract, shardings))
+  if restored is None:
+    _, state, _ = train_state.create_train_state(cfg, tx, mesh)
+    return state, None, notices
+  _, state, data_state = restored
+  return state, data_state, notices
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
 
-  def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+class _Run:
+  """The mutable state of one training run between steps: what was saved, what is pending."""
+
+  def __init__(self, cfg, ckpt, state, saved_step):
+    self.cfg, self.ckpt, self.state = cfg, ckpt, state
+    self.saved_step = saved_step      # newest step this run restored or wrote (None: none)
+    self.pending = []                 # (step, device metrics) not yet read back
+    self.data_state = None            # iterator position after the last consumed batch
+
+  def drain(self) -> list[dict]:
+    """Reads back the pending metrics (one transfer); raises TrainingDiverged at the first
+    non-finite loss or gradient norm."""
+    steps = [s for s, _ in self.pending]
+    host = jax.device_get([m for _, m in self.pending])
+    self.pending = []
+    for at, record in zip(steps, host):
+      bad = {k: float(record[k]) for k in ("loss", "grad_norm") if k in record
+             and not math.isfinite(float(record[k]))}
+      if bad:
+        self.diverged(f"{', '.join(f'{k} is {v}' for k, v in bad.items())} at step {at}", at)
+    return [dict(step=at, **{k: float(v) for k, v in r.items()}) for at, r in zip(steps, host)]
+
+  def diverged(self, what: str, at: int):
+    """Stops the run: moves a checkpoint whose weights produced the bad step aside and names the
+    last checkpoint that is finite and gave a finite loss."""
+    self.ckpt.wait()
+    moved = ""
+    if at - 1 in self.ckpt.steps():
+      where = self.ckpt.move_aside(at - 1, checkpointing.NONFINITE)
+      moved = f"The weights saved at step {at - 1} produced it; they were moved to {where}. "
+    steps = self.ckpt.steps()
+    kept = (f"The last good checkpoint is step {steps[-1]} in {self.ckpt.directory}: a rerun resumes "
+            f"there; lower --config.optimizer.learning_rate (or clip harder) to get past step {at}."
+            if steps else "No good checkpoint was written before it.")
+    raise TrainingDiverged(f"{what}; stopping. {moved}{kept}")
+
+  def save(self, at: int):
+    """Writes step `at` unless it is on disk: only from finite losses and parameters."""
+    if at == self.saved_step:
+      return
+    self.drain()
+    if not checkpointing.all_finite((self.state.params, self.state.ema_params)):
+      self.diverged(f"the parameters are not finite after step {at}", at + 1)
+    self.ckpt.save(at, self.state, self.cfg, self.data_state)
+    self.saved_step = at
 
 
 def train_and_evaluate(cfg, workdir) -> dict:
-  """Trains `cfg` in `workdir` (resuming if it holds checkpoints); returns a summary dict."""
+  """Trains `cfg` in `workdir` (resuming if it holds checkpoints); returns a summary dict.
+
+  Raises resume.ResumeError (the workdir is in use, or its run cannot take this config),
+  checkpointing.CheckpointError (a save failed, or no checkpoint reads) or TrainingDiverged.
+  """
   sharding.maybe_initialize_distributed()
   workdir = epath.Path(workdir)
   is_main = jax.process_index() == 0
-  if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(cfg.to_json(indent=2))
 
+  def lock():
+    workdir.mkdir(parents=True, exist_ok=True)
+    held = resume.WorkdirLock(workdir).acquire()
+    if held.notice:
+      print(held.notice, flush=True)
+    return held
+
+  held = host.on_main(lock, resume.ResumeError)
+  try:
+    return _train(cfg, workdir, is_main)
+  finally:
+    if held is not None:
+      held.release()
+
+
+def _train(cfg, workdir, is_main) -> dict:
   mesh = sharding.create_mesh(cfg.mesh)
   rules = sharding.axis_rules(cfg.mesh)
   batch_shards = sharding.batch_shard_count(mesh, rules, cfg.model)
@@ -171,19 +245,36 @@ def train_and_evaluate(cfg, workdir) -> dict:
   graphdef = train_state.model_graphdef(cfg.model)
   abstract = train_state.abstract_train_state(cfg, tx)
   shardings = train_state.state_shardings(abstract, mesh, rules)
-  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed, host_shard, host_shards)
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints, owner=True)
+  try:
+    return _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules, graphdef,
+                      batch_sharding, host_shard, host_shards, autoencoder, text_encoder,
+                      cache_source if from_cache else None)
+  finally:
+    ckpt.close()
 
-  restored = ckpt.restore_latest(checkpointing.abstract_with_shardings(abstract, shardings))
-  if restored is None:
-    _, state, _ = train_state.create_train_state(cfg, tx, mesh)
-  else:
-    start, state, data_state = restored
-    data.set_state(data_state)
-    print(f"resumed from {ckpt.directory} at step {start}", flush=True)
+
+def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules, graphdef,
+               batch_sharding, host_shard, host_shards, autoencoder, text_encoder, cache_source):
+  if ckpt.removed_partial:
+    print(f"removed partial checkpoint folders of an interrupted save: {ckpt.removed_partial}", flush=True)
+  state, data_state, notices = _restore_or_init(cfg, tx, ckpt, abstract, shardings, mesh, workdir)
+  for line in notices:
+    print(line, flush=True)
   first_step = int(state.step)
+  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed, host_shard, host_shards)
+  if data_state is not None:
+    data.set_state(data_state)
+    print(f"resumed from {ckpt.directory} at step {first_step}", flush=True)
 
-  if from_cache:
+  def write_start():
+    dropped = resume.cut_metrics(os.fspath(workdir / "metrics.jsonl"), first_step)
+    if dropped:
+      print(f"metrics.jsonl: dropped {dropped} lines after step {first_step}", flush=True)
+    (workdir / "config.json").write_text(cfg.to_json(indent=2))
+  host.on_main(write_start)
+
+  if cache_source is not None:
     null_text = jnp.asarray(cache_source.null_embedding()[0][0])  # [L, C]
     first = cache_source[0]
     latent_hw, text_tokens = first["latents"].shape[0], first["text"].shape[0]
@@ -208,78 +299,116 @@ def train_and_evaluate(cfg, workdir) -> dict:
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(str(workdir / "tensorboard"))
   num_steps = cfg.train.num_steps
-  last_saved = first_step if restored is not None else None
-
-  def save(at_step):
-    nonlocal last_saved
-    if at_step != last_saved:
-      ckpt.save(at_step, state, cfg, data.get_state())
-      last_saved = at_step
+  run = _Run(cfg, ckpt, state, first_step if data_state is not None else None)
+  run.data_state = data_state if data_state is not None else data.get_state()
 
   def draw_grid(at_step):
-    if sampler is None:
+    if sampler is None or not grid_prompts:
       return
-    params = state.ema_params if state.ema_params is not None else state.params
+    params = run.state.ema_params if run.state.ema_params is not None else run.state.params
     images = sampler(params, grid_prompts, cfg.seed, latent_shape)
     if is_main:
-      save_grid(images, workdir / "samples" / f"step_{at_step:07d}.png")
+      grid.save_grid(images, grid_prompts, workdir / "samples" / f"step_{at_step:07d}.png")
 
-  window, window_start = [], time.perf_counter()
+  def prepare(host_batch):
+    return sharding.global_batch(encode_batch(host_batch, autoencoder, text_encoder), batch_sharding,
+                                 cfg.train.batch_size)
+
+  window_start = time.perf_counter()
+  window_steps = 0
+  log_every, single_process = cfg.train.log_every, jax.process_count() == 1
   bar = tqdm.tqdm(total=num_steps, initial=first_step, disable=not is_main, desc="train",
                   dynamic_ncols=True)
-  with _Preemption() as preemption:
-    for current in range(first_step, num_steps):
-      if preemption.requested:
-        save(current)
-        ckpt.wait()
-        print(f"SIGTERM: saved a checkpoint at step {current} in {ckpt.directory}; exiting.")
-        return {"step": current, "preempted": True}
-      batch = sharding.global_batch(encode_batch(next(data), autoencoder, text_encoder), batch_sharding,
-                                    cfg.train.batch_size)
-      state, step_metrics = update(state, batch)
-      loss = float(step_metrics["loss"])
-      if not math.isfinite(loss):
-        ckpt.wait()
-        kept = ckpt.latest_step()
-        raise TrainingDiverged(
-            f"loss is {loss} at step {current + 1}; stopping without saving. " +
-            (f"The last good checkpoint is step {kept} in {ckpt.directory}." if kept is not None
-             else "No checkpoint was written before it."))
-      done = current + 1
-      bar.update(1)
-      bar.set_postfix(loss=f"{loss:.4f}")
-      window.append({k: float(v) for k, v in step_metrics.items()})
-      if done % cfg.train.log_every == 0 or done == num_steps:
-        now = time.perf_counter()
-        scalars = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-        # The first window of a run includes compilation: its step time is not representative.
-        scalars["step_time"] = (now - window_start) / len(window)
-        scalars.update(metrics.throughput(scalars["step_time"], cfg.train.batch_size,
-                                          flops_per_image, jax.device_count(), peak))
-        if is_main:
-          for k, v in scalars.items():
-            writer.add_scalar(k, v, done)
-          with (workdir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps({"step": done, **scalars}) + "\n")
-        window, window_start = [], now
-      if done % cfg.train.checkpoint_every == 0 or done == num_steps:
-        save(done)
-      if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done != num_steps:
-        draw_grid(done)
+  current = first_step
+  try:
+    with host.StopSignals() as stop, host.Prefetcher(data, prepare, depth=2) as batches:
+      for current in range(first_step, num_steps):
+        at_log = current % log_every == 0
+        if (single_process or at_log) and host.any_process(stop.requested):
+          run.save(current)
+          ckpt.wait()
+          bar.close()
+          return {"step": current, "stopped": stop.requested or "another process", "saved": run.saved_step,
+                  "workdir": str(workdir)}
+        try:
+          batch, batch_data_state = next(batches)
+        except StopIteration:
+          raise ValueError(f"the data ran out after step {current} (data.num_epochs="
+                           f"{cfg.data.num_epochs}); raise it, or lower train.num_steps") from None
+        run.state, step_metrics = update(run.state, batch)
+        run.data_state = batch_data_state
+        done = current + 1
+        run.pending.append((done, step_metrics))
+        window_steps += 1
+        bar.update(1)
+        if done % log_every == 0 or done == num_steps:
+          records = run.drain()
+          ckpt.check()
+          now = time.perf_counter()
+          scalars = {k: float(np.mean([r[k] for r in records])) for k in records[0] if k != "step"}
+          # The first window of a run includes compilation: its step time is not representative.
+          scalars["step_time"] = (now - window_start) / window_steps
+          scalars.update(metrics.throughput(scalars["step_time"], cfg.train.batch_size,
+                                            flops_per_image, jax.device_count(), peak))
+          bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+          if is_main:
+            for k, v in scalars.items():
+              writer.add_scalar(k, v, done)
+            with (workdir / "metrics.jsonl").open("a") as f:
+              f.write(json.dumps({"step": done, **scalars}) + "\n")
+          window_start, window_steps = now, 0
+        if done % cfg.train.checkpoint_every == 0 or done == num_steps:
+          run.save(done)
+        if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done != num_steps:
+          draw_grid(done)
+      current = num_steps
+  except KeyboardInterrupt:
+    bar.close()
+    _wait_quietly(ckpt)
+    steps = ckpt.steps()
+    raise Interrupted(f"interrupted during step {current + 1}; the newest checkpoint is step "
+                      f"{steps[-1]} in {ckpt.directory}" if steps else
+                      f"interrupted during step {current + 1}; no checkpoint was written") from None
+  finally:
+    if writer is not None:
+      writer.flush()
   bar.close()
+  run.save(num_steps)
   draw_grid(num_steps)
-  summary = {"step": num_steps, "workdir": str(workdir)}
+  summary = {"step": num_steps, "workdir": str(workdir), "saved": num_steps}
   if sampler is not None and cfg.data.name == "shapes" and cfg.sampling.num_eval_images:
-    prompts, specs = heldout_shapes(cfg, cfg.sampling.num_eval_images)
-    params = state.ema_params if state.ema_params is not None else state.params
-    images = sampler(params, prompts, cfg.seed + 1, latent_shape)
-    summary["shapes_score"] = shapes_eval.score(list(images), specs)
-    if is_main:
-      (workdir / "eval.json").write_text(json.dumps(summary["shapes_score"], indent=2))
-      for k, v in summary["shapes_score"].items():
-        writer.add_scalar(f"shapes_eval/{k}", v, num_steps)
+    summary.update(_final_evaluation(cfg, run.state, sampler, latent_shape, workdir, is_main, writer))
   ckpt.wait()
-  ckpt.close()
   if writer is not None:
     writer.close()
   return summary
+
+
+def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, writer) -> dict:
+  """Scores samples for held-out prompts; writes eval.json and samples/eval_step_N.png (each
+  image with its prompt and the evaluator's verdict)."""
+  prompts, specs = heldout_shapes(cfg, cfg.sampling.num_eval_images)
+  params = state.ema_params if state.ema_params is not None else state.params
+  images = sampler(params, prompts, cfg.seed + 1, latent_shape)
+  per_image = shapes_eval.verdicts(list(images), specs)
+  scores = shapes_eval.score_verdicts(per_image)
+  counts = {}
+  for task, _ in per_image:
+    counts[task] = counts.get(task, 0) + 1
+  out = {"shapes_score": scores, "shapes_counts": counts}
+  if is_main:
+    at = cfg.train.num_steps
+    (workdir / "eval.json").write_text(json.dumps(scores, indent=2))
+    notes = [f"{'✓' if ok else '✗'} {task}" for task, ok in per_image]
+    out["eval_grid"] = grid.save_grid(images, prompts, workdir / "samples" / f"eval_step_{at:07d}.png",
+                                      notes, columns=8)
+    for k, v in scores.items():
+      writer.add_scalar(f"shapes_eval/{k}", v, at)
+  return out
+
+
+def _wait_quietly(ckpt):
+  try:
+    ckpt.wait()
+  except checkpointing.CheckpointError as e:
+    print(f"error: {e}", flush=True)

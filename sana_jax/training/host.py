@@ -1,0 +1,126 @@
+"""Host-side pieces of the training loop: batch prefetching, stop signals, multi-process agreement.
+
+  with Prefetcher(data, prepare, depth=2) as batches:
+    batch, data_state = next(batches)   # prepared (encoded, sharded) on a background thread
+
+Every decision that changes control flow (stop now, an error on process 0) must be the same on
+all processes of a multi-host job, or the next collective hangs: `any_process` and `on_main` make
+those decisions together. On one process they cost nothing.
+"""
+import queue
+import signal
+import threading
+
+import jax
+import numpy as np
+
+_END = object()
+
+
+class Prefetcher:
+  """Runs `prepare(next(iterator))` on a background thread, `depth` batches ahead (maxdiffusion's
+  data loading: the host encodes and shards batch k+1 while the device runs step k).
+
+  Yields (prepared batch, iterator state after that batch), so a checkpoint records the position
+  of the batches actually consumed, not of those prefetched.
+  """
+
+  def __init__(self, iterator, prepare, depth: int = 2):
+    self._iterator, self._prepare = iterator, prepare
+    self._queue = queue.Queue(maxsize=max(1, depth))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="sana_jax_prefetch", daemon=True)
+
+  def _run(self):
+    try:
+      while not self._stop.is_set():
+        try:
+          item = next(self._iterator)
+        except StopIteration:
+          self._put(_END)
+          return
+        self._put((self._prepare(item), self._iterator.get_state()))
+    except BaseException as e:  # noqa: BLE001 - re-raised in the consuming thread
+      self._put(e)
+
+  def _put(self, item):
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return
+      except queue.Full:
+        continue
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    item = self._queue.get()
+    if item is _END:
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise item
+    return item
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join(timeout=30)
+
+
+class StopSignals:
+  """SIGTERM (preemption) or a first Ctrl-C request a stop between two steps; a second Ctrl-C
+  interrupts at once (KeyboardInterrupt)."""
+
+  def __init__(self):
+    self.requested = None  # the signal's name once one arrived
+
+  def __enter__(self):
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      print("\nCtrl-C: stopping after this step with a checkpoint (press again to stop at once)",
+            flush=True)
+
+  def __exit__(self, *exc):
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is true on any (a collective: all processes must call it)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
+def on_main(fn, error_type=RuntimeError):
+  """Runs `fn()` on process 0 only; if it raises, every process raises (process 0 its own error,
+  the others `error_type` pointing at process 0's log). -> fn's result on process 0, else None."""
+  result, failure = None, None
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the others learn of it
+      failure = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    failed = bool(multihost_utils.broadcast_one_to_all(np.asarray(failure is not None)))
+    if failed and failure is None:
+      raise error_type("process 0 stopped the run; its log says why")
+  if failure is not None:
+    raise failure
+  return result
