@@ -1,7 +1,8 @@
 """The one wrapper every `python -m sana_jax.<tool>` runs under: `cli.run(main)`.
 
 - `--help` / `--helpfull` print the flags and exit 0.
-- Log lines below WARNING (Orbax, absl, Grain) are silenced unless `--verbosity` / `-v` is given.
+- Log lines below WARNING (Orbax, absl, Grain) are silenced unless `--verbosity` / `-v` is given;
+  Orbax's error records are cut to one line each (no TensorStore spec dumps) unless `--debug`.
 - A user mistake (a missing or malformed path, a bad flag value, a config that does not fit, an
   empty prompts file) prints one line `error: ...` and exits 2; a run that fails for another
   stated reason (a diverged loss, a failed checkpoint write) prints its message and exits 1. The
@@ -100,6 +101,28 @@ def _say(message: str, code: int, debug: bool):
   sys.exit(code)
 
 
+class OneLinePerProblem(py_logging.Filter):
+  """Orbax / TensorStore log records cut to their first line (no spec dumps, no tracebacks),
+  each distinct line once."""
+
+  def __init__(self):
+    super().__init__()
+    self._seen = set()
+
+  def filter(self, record):
+    if "orbax" not in record.pathname and "tensorstore" not in record.pathname:
+      return True
+    text = record.getMessage()
+    for cut in (" [tensorstore_spec=", " See full TensorStore details", "\n"):
+      text = text.split(cut)[0]
+    text = text[:300]
+    if text in self._seen:
+      return False
+    self._seen.add(text)
+    record.msg, record.args, record.exc_info, record.exc_text = text, (), None, None
+    return True
+
+
 def _quiet():
   logging.set_verbosity(logging.WARNING)
   for name in ("absl", "orbax", "jax._src.distributed", "grain"):
@@ -125,6 +148,8 @@ def run(main, user_errors=()):
     _say(str(e).splitlines()[0] if not debug else str(e), 2, debug)
 
   def wrapped(args):
+    if not debug:
+      logging.get_absl_handler().addFilter(OneLinePerProblem())
     if not verbose:
       _quiet()
     try:

@@ -18,6 +18,7 @@ All processes of a multi-host job call every method; only process 0 moves or del
 """
 import json
 import logging
+import time
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -82,7 +83,14 @@ class Checkpointer:
     if jax.process_index() == 0 and self.directory.exists():
       for path in self.directory.iterdir():
         if _TMP_MARK in path.name:
-          path.rmtree()
+          for _ in range(20):  # a failed save's other writes may still be landing in it
+            try:
+              path.rmtree()
+              break
+            except OSError:
+              time.sleep(0.1)
+          else:
+            log.warning("could not remove the partial checkpoint folder %s", path)
           removed.append(path.name)
     _barrier("sana_jax_remove_partial_saves")
     return removed
@@ -117,21 +125,18 @@ class Checkpointer:
                             f"{self.manager.latest_step()} exists); {self._newest_good()}")
 
   def check(self):
-    """Raises CheckpointError if an asynchronous save has failed (cheap: no waiting)."""
-    try:
-      self.manager.check_for_errors()
-    except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"writing a checkpoint in {self.directory} failed ({short_error(e)}); "
-                            f"{self._newest_good()}") from None
+    """Raises CheckpointError if an asynchronous save has failed; never waits for one running."""
+    if not self.manager.is_saving_in_progress():
+      self.wait()  # returns at once when nothing is pending; re-raises a finished save's error
 
   def wait(self):
     """Blocks until every pending asynchronous save is on disk; raises CheckpointError if one failed."""
     try:
       self.manager.wait_until_finished()
+      self.manager.check_for_errors()
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"writing a checkpoint in {self.directory} failed ({short_error(e)}); "
                             f"{self._newest_good()}") from None
-    self.check()
 
   def _newest_good(self) -> str:
     self.manager.reload()
@@ -184,7 +189,13 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def close(self):
-    self.manager.close()
+    """Ends the background writes; the owner then removes what a failed save left behind."""
+    try:
+      self.manager.close()
+    except Exception as e:  # noqa: BLE001 - a failed save was reported when it was found
+      log.warning("closing the checkpoint manager: %s", short_error(e))
+    if self.owner:
+      self._remove_partial_saves()
 
 
 def abstract_with_shardings(abstract_state, shardings):

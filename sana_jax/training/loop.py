@@ -161,14 +161,13 @@ class _Run:
     """Reads back the pending metrics (one transfer); raises TrainingDiverged at the first
     non-finite loss or gradient norm."""
     steps = [s for s, _ in self.pending]
-    host = jax.device_get([m for _, m in self.pending])
+    fetched = jax.device_get([m for _, m in self.pending])
     self.pending = []
-    for at, record in zip(steps, host):
-      bad = {k: float(record[k]) for k in ("loss", "grad_norm") if k in record
-             and not math.isfinite(float(record[k]))}
-      if bad:
-        self.diverged(f"{', '.join(f'{k} is {v}' for k, v in bad.items())} at step {at}", at)
-    return [dict(step=at, **{k: float(v) for k, v in r.items()}) for at, r in zip(steps, host)]
+    for at, record in zip(steps, fetched):
+      for key in ("loss", "grad_norm"):
+        if key in record and not math.isfinite(float(record[key])):
+          self.diverged(f"{key} is {float(record[key])} at step {at}", at)
+    return [dict(step=at, **{k: float(v) for k, v in r.items()}) for at, r in zip(steps, fetched)]
 
   def diverged(self, what: str, at: int):
     """Stops the run: moves a checkpoint whose weights produced the bad step aside and names the
