@@ -8,6 +8,8 @@ sana_jax/scaling/growth.py for the strategies and when the result computes the s
 """
 from absl import app, flags
 
+from sana_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Checkpoint to grow.", required=True)
 flags.DEFINE_string("dst", None, "Folder for the grown checkpoint (our format).", required=True)
@@ -17,7 +19,7 @@ flags.DEFINE_enum("strategy", "constant", ["constant", "cyclic", "block_expand",
 flags.DEFINE_bool("qk_norm", None, "Give the grown model q/k norms (default: as the source).")
 flags.DEFINE_bool("zero_gate", False, "cyclic / block_expand: repeated copies start as identities.")
 flags.DEFINE_integer("seed", 0, "Seed of the new blocks' random initialisation.")
-flags.DEFINE_string("config", None, "Config name of an NVlabs .pth source, e.g. SanaMS1.5_1600M_P1_D20.")
+cli.DEFINE_config("config", "Config of an NVlabs .pth source: a preset name (SanaMS1.5_1600M_P1_D20) or a file.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter dtype.")
 for _name in ("source_layers", "qk_norm", "zero_gate"):
   flags.DEFINE_alias(_name.replace("_", "-"), _name)
@@ -40,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

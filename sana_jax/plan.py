@@ -38,10 +38,10 @@ if "--real_devices" not in sys.argv:
                              f" --xla_force_host_platform_device_count={_count}")
   os.environ["JAX_PLATFORMS"] = "cpu"
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from sana_jax import configs  # noqa: E402
+from sana_jax import cli, configs  # noqa: E402
 from sana_jax.training import planning, sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -68,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

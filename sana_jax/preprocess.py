@@ -12,14 +12,13 @@ codecs of configs/tiny.py) or a local folder: a diffusers Sana pipeline (its vae
 and tokenizer/ are used) or the component folder itself (a Gemma-2 folder must hold its tokenizer).
 The cache layout is described in sana_jax/data/cache.py.
 """
-import logging
 import os
 
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from sana_jax import configs
+from sana_jax import cli, configs
 from sana_jax.data import cache, shapes
 from sana_jax.data.pipeline import build_source, default_data_config
 
@@ -97,5 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  app.run(main)
+  cli.run(main)

@@ -13,6 +13,8 @@ model briefly afterwards (the paper: ~100 steps).
 """
 from absl import app, flags
 
+from sana_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Checkpoint to prune.", required=True)
 flags.DEFINE_string("dst", None, "Folder for the pruned checkpoint (our format); omit to only score.")
@@ -25,7 +27,7 @@ flags.DEFINE_list("latent_size", None, "H,W of the latents for trajectory mode (
 flags.DEFINE_integer("batch_size", 8, "Calibration prompts per forward pass.")
 flags.DEFINE_integer("seed", 0, "Seed of the calibration noise.")
 flags.DEFINE_string("report_dir", None, "Where block_importance.json / .png go (default: DST, else cwd).")
-flags.DEFINE_string("config", None, "Config name of an NVlabs .pth source.")
+cli.DEFINE_config("config", "Config of an NVlabs .pth source: a preset name or a config file.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter dtype.")
 for _name in ("latent_size", "batch_size", "report_dir"):
   flags.DEFINE_alias(_name.replace("_", "-"), _name)
@@ -83,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -16,19 +16,22 @@ import re
 
 from absl import app, flags
 
+from sana_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Pipeline folder, sana_jax export or training workdir.", required=True)
 flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
 flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line (blank lines skipped).")
 flags.DEFINE_string("out", None, "Output folder for the PNGs and settings.json.", required=True)
 flags.DEFINE_string("negative_prompt", "", "Negative prompt (classifier-free guidance).")
-flags.DEFINE_integer("height", None, "Image height in pixels (default: the model's native size).")
-flags.DEFINE_integer("width", None, "Image width in pixels (default: the model's native size).")
-flags.DEFINE_integer("num_inference_steps", None, "Denoising steps (default 20).")
+flags.DEFINE_integer("height", None, "Image height in pixels (default: the model's native size).", lower_bound=1)
+flags.DEFINE_integer("width", None, "Image width in pixels (default: the model's native size).", lower_bound=1)
+flags.DEFINE_integer("num_inference_steps", None, "Denoising steps (default 20).", lower_bound=1)
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (default 4.5; <= 1 disables).")
 flags.DEFINE_integer("seed", 0, "Seed of the initial noise; batch k of --batch_size uses seed + k.")
-flags.DEFINE_integer("num_images_per_prompt", 1, "Images per prompt.")
-flags.DEFINE_integer("batch_size", 0, "Prompts per pipeline call (0: all in one batch).")
+flags.DEFINE_integer("num_images_per_prompt", 1, "Images per prompt.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 0, "Prompts per pipeline call (0: all in one batch).", lower_bound=0)
+flags.DEFINE_bool("grid", False, "Also write grid.png: every image with its prompt under it.")
 flags.DEFINE_enum("sampler", None, ["flow_dpm_solver", "flow_euler"], "Sampler (default: the scheduler config's).")
 flags.DEFINE_bool("use_resolution_binning", None,
                   "Snap the size to SANA's aspect-ratio buckets, then resize back (default: on when the "
@@ -108,6 +111,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   import jax.numpy as jnp
+  import numpy as np
 
   from sana_jax.sampling.pipeline import aspect_ratio_table
   from sana_jax.sampling.text_encoding import CHI_DEFAULT
@@ -142,7 +146,7 @@ def main(argv):
     run_best_of_n(pipe, prompts, settings, suggested)
     return
   batch = FLAGS.batch_size or len(prompts)
-  images_info, timings = [], []
+  images_info, timings, grid_images = [], [], []
   for k, first in enumerate(range(0, len(prompts), batch)):
     chunk = prompts[first:first + batch]
     seed = FLAGS.seed + k
@@ -154,13 +158,19 @@ def main(argv):
       name = f"{index:04d}_{_slug(prompt)}.png"
       image.save(os.path.join(FLAGS.out, name))
       images_info.append(dict(file=name, prompt=prompt, seed=seed, index_in_batch=j))
+      grid_images.append(image)
   record = dict(checkpoint=os.path.abspath(FLAGS.checkpoint), dtype=FLAGS.dtype, seed=FLAGS.seed,
                 batch_size=batch, vae_tiling=FLAGS.vae_tiling, scheduler_config=pipe.scheduler_config,
                 model=cfg.name, checkpoint_settings=suggested, **settings, images=images_info,
                 timings=timings)
   with open(os.path.join(FLAGS.out, "settings.json"), "w") as f:
     json.dump(record, f, indent=2)
-  print(f"wrote {len(images_info)} images and settings.json to {os.path.abspath(FLAGS.out)}")
+  if FLAGS.grid:
+    from sana_jax.sampling.grid import save_grid
+    save_grid([np.asarray(im.convert("RGB")) for im in grid_images], [i["prompt"] for i in images_info],
+              os.path.join(FLAGS.out, "grid.png"))
+  print(f"wrote {len(images_info)} images{' (and grid.png)' if FLAGS.grid else ''} and settings.json to "
+        f"{os.path.abspath(FLAGS.out)}")
 
 
 def run_best_of_n(pipe, prompts, settings, suggested):
@@ -183,4 +193,4 @@ def _config_sampler(scheduler_config):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

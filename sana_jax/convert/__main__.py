@@ -6,11 +6,14 @@ pipeline: a diffusers Sana pipeline folder -> our pipeline export (see sana_jax.
 """
 from absl import app, flags
 
+from sana_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Checkpoint to read.", required=True)
 flags.DEFINE_string("dst", None, "Folder to write.", required=True)
 flags.DEFINE_enum("to", "orbax", ["orbax", "diffusers"], "Output format.")
-flags.DEFINE_string("config", None, "Config name (required for NVlabs .pth files), e.g. SanaMS1.5_4800M_P1_D60.")
+cli.DEFINE_config("config", "Config (required for NVlabs .pth files): a preset name such as "
+                  "SanaMS1.5_4800M_P1_D60 or a config file.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter dtype of the output.")
 
 
@@ -32,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,0 +1,94 @@
+"""Training-loop overhead: `loop.train_and_evaluate`'s time per step vs the bare jitted step.
+
+  python bench/train_loop_overhead.py [--config=tiny] [--steps=200] [--log_every=50]
+
+The bare step runs `update(state, batch)` back to back on batches prepared beforehand (the first
+`steps` batches of the same pipeline, already encoded and sharded) and blocks once at the end.
+The loop runs the real `python -m sana_jax.train` loop for the same number of steps (data read,
+encoded and sharded on its prefetch thread, metrics read back at log steps, tqdm, TensorBoard,
+one checkpoint at the end), its time per step taken from metrics.jsonl's step_time of every log
+window but the first (which holds the compilation). Bare, loop, bare again: the ratio uses the
+mean of the two bare runs, so a change of machine load during the run shows as their spread.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from sana_jax import configs  # noqa: E402
+from sana_jax.data import pipeline  # noqa: E402
+from sana_jax.optim.registry import build_optimizer, make_schedule  # noqa: E402
+from sana_jax.training import loop, sharding, step, train_state  # noqa: E402
+
+
+def bare_step_time(cfg, batches) -> float:
+  """Seconds per step of the jitted update alone over `batches` (compiled and warmed first)."""
+  mesh = sharding.create_mesh(cfg.mesh)
+  rules = sharding.axis_rules(cfg.mesh)
+  tx = build_optimizer(cfg.optimizer)
+  graphdef, state, shardings = train_state.create_train_state(cfg, tx, mesh)
+  _, text_encoder = loop.build_codecs(cfg)
+  update = step.jit_train_step(
+      step.make_train_step(graphdef, tx, cfg.train, null_text=jnp.asarray(text_encoder.null_embedding()[0][0]),
+                           seed=cfg.seed, learning_rate_fn=make_schedule(cfg.optimizer),
+                           param_shardings=shardings.params),
+      mesh, shardings, sharding.batch_sharding(mesh, rules, cfg.model), rules)
+  for batch in batches[:3]:  # compile + warm up
+    state, metrics = update(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for batch in batches:
+    state, metrics = update(state, batch)
+  jax.block_until_ready((state, metrics))
+  return (time.perf_counter() - start) / len(batches)
+
+
+def prepared_batches(cfg, count):
+  mesh = sharding.create_mesh(cfg.mesh)
+  batch_sharding = sharding.batch_sharding(mesh, sharding.axis_rules(cfg.mesh), cfg.model)
+  autoencoder, text_encoder = loop.build_codecs(cfg)
+  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
+  return [sharding.global_batch(loop.encode_batch(next(data), autoencoder, text_encoder), batch_sharding,
+                                cfg.train.batch_size) for _ in range(count)]
+
+
+def loop_step_time(cfg, workdir) -> float:
+  loop.train_and_evaluate(cfg, workdir)
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  steady = records[1:]  # the first window includes compilation
+  return sum(r["step_time"] for r in steady) / len(steady)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="tiny")
+  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--log_every", type=int, default=50)
+  args = parser.parse_args()
+  cfg = configs.get_config(args.config)
+  cfg.train.update(num_steps=args.steps + args.log_every, log_every=args.log_every,
+                   checkpoint_every=10 ** 9, sample_every=0)
+  cfg.sampling.update(num_images=0, num_eval_images=0)
+  batches = prepared_batches(cfg, args.steps)
+  bare_before = bare_step_time(cfg, batches)
+  with tempfile.TemporaryDirectory() as workdir:
+    in_loop = loop_step_time(cfg, workdir)
+  bare_after = bare_step_time(cfg, batches)
+  bare = (bare_before + bare_after) / 2
+  print(f"{cfg.model.name}, batch {cfg.train.batch_size}, {args.steps} steps, {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s)")
+  print(f"bare jitted step: {bare * 1e3:.2f} ms/step (before {bare_before * 1e3:.2f}, after "
+        f"{bare_after * 1e3:.2f})")
+  print(f"training loop:    {in_loop * 1e3:.2f} ms/step")
+  print(f"loop / bare:      {in_loop / bare:.3f}x")
+
+
+if __name__ == "__main__":
+  main()
