@@ -288,7 +288,7 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
   if autoencoder:
     sampler = make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling,
                            mesh if cfg.model.get("seq_parallel_axis") else None)
-  grid_prompts, _ = heldout_shapes(cfg, cfg.sampling.num_images)
+  grid_prompts = heldout_shapes(cfg, cfg.sampling.num_images)[0] if cfg.sampling.num_images else []
   latent_shape = (latent_hw, latent_hw, cfg.model.in_channels)
   flops_per_image = metrics.train_flops_per_image(cfg.model, latent_hw, latent_hw, text_tokens)
   peak = metrics.peak_flops()

@@ -18,10 +18,10 @@ FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=1", "--config.mo
          "--config.sampling.num_eval_images=0", "--config.mesh.data=1"]
 
 
-def _train(workdir, cache):
+def _train(workdir, cache, *extra):
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONPATH": ROOT}
-  return subprocess.Popen([sys.executable, "-m", "sana_jax.train", f"--workdir={workdir}", *FLAGS],
+  return subprocess.Popen([sys.executable, "-m", "sana_jax.train", f"--workdir={workdir}", *FLAGS, *extra],
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -57,3 +57,19 @@ def test_killed_and_restarted_run_continues_the_uninterrupted_loss_sequence(tmp_
   assert restarted.returncode == 0, output
   assert "resumed from" in output
   assert _losses(victim_dir) == _losses(tmp_path / "reference")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_reports_the_step_it_really_wrote(tmp_path):
+  workdir = tmp_path / "run"
+  run = _train(workdir, str(tmp_path / "xla_cache"), "--config.train.num_steps=100000")
+  deadline = time.time() + 900
+  while time.time() < deadline and not ((workdir / "metrics.jsonl").exists() and _losses(workdir)):
+    time.sleep(0.2)
+  run.send_signal(signal.SIGTERM)
+  output = run.communicate(timeout=900)[0]
+  assert run.returncode == 0, output
+  stopped = [l for l in output.splitlines() if "stopped at step" in l]
+  assert stopped and "done:" not in output, output
+  step = int(stopped[0].split("stopped at step ")[1].split()[0])
+  assert f"(checkpoint {step} saved" in stopped[0] and (workdir / "checkpoints" / str(step)).is_dir()
