@@ -150,6 +150,7 @@ def run(main, user_errors=()):
   def wrapped(args):
     if not debug:
       logging.get_absl_handler().addFilter(OneLinePerProblem())
+      sys.unraisablehook = _without_closed_loop_echoes(sys.unraisablehook)
     if not verbose:
       _quiet()
     try:
@@ -167,6 +168,16 @@ def run(main, user_errors=()):
       _say(str(e), 2, debug)
 
   app.run(wrapped, argv=argv, flags_parser=lambda _: rest)
+
+
+def _without_closed_loop_echoes(hook):
+  """Drops `Event loop is closed` reports of Orbax's background coroutines collected after their
+  loop ended (echoes of a failure already reported); everything else goes to `hook`."""
+  def filtered(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+      return
+    hook(unraisable)
+  return filtered
 
 
 def _failures():
