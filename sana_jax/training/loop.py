@@ -28,7 +28,7 @@ from sana_jax.models.simple_codecs import SpaceToDepthAutoencoder, WordEmbedding
 from sana_jax.optim.registry import build_optimizer, make_schedule
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling.schedulers import FlowDPMSolverScheduler, FlowEulerScheduler
-from sana_jax.training import checkpointing, metrics, sharding, step, train_state
+from sana_jax.training import checkpointing, distributed, metrics, sharding, step, train_state
 
 
 class TrainingDiverged(RuntimeError):
@@ -179,7 +179,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
     _, state, _ = train_state.create_train_state(cfg, tx, mesh)
   else:
     start, state, data_state = restored
-    data.set_state(data_state)
+    data.set_state(distributed.own_host_state(data_state))
     print(f"resumed from {ckpt.directory} at step {start}", flush=True)
   first_step = int(state.step)
 
@@ -213,7 +213,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
   def save(at_step):
     nonlocal last_saved
     if at_step != last_saved:
-      ckpt.save(at_step, state, cfg, data.get_state())
+      ckpt.save(at_step, state, cfg, distributed.gather_host_states(data.get_state()))
       last_saved = at_step
 
   def draw_grid(at_step):
@@ -229,12 +229,14 @@ def train_and_evaluate(cfg, workdir) -> dict:
                   dynamic_ncols=True)
   with _Preemption() as preemption:
     for current in range(first_step, num_steps):
-      if preemption.requested:
+      if distributed.any_process(preemption.requested):  # every host stops at the same step
         save(current)
         ckpt.wait()
         print(f"SIGTERM: saved a checkpoint at step {current} in {ckpt.directory}; exiting.")
         return {"step": current, "preempted": True}
-      batch = sharding.global_batch(encode_batch(next(data), autoencoder, text_encoder), batch_sharding,
+      host_batch = next(data)
+      distributed.log_example_indices(current, host_batch)
+      batch = sharding.global_batch(encode_batch(host_batch, autoencoder, text_encoder), batch_sharding,
                                     cfg.train.batch_size)
       state, step_metrics = update(state, batch)
       loss = float(step_metrics["loss"])
