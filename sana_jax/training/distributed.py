@@ -182,3 +182,11 @@ def log_example_indices(step: int, host_batch: dict) -> None:
             "indices": [int(i) for i in np.asarray(host_batch["indices"])]}
   with open(os.path.join(directory, f"process_{jax.process_index()}.jsonl"), "a") as f:
     f.write(json.dumps(record) + "\n")
+
+
+def to_host(x) -> np.ndarray:
+  """A (global) jax.Array as one numpy array on every process: gathered from the other hosts when
+  some of its shards live there (sample latents under sequence parallelism), else read locally."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

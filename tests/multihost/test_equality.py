@@ -15,9 +15,11 @@ MESHES = {
     # (over fsdp) and so read the same samples; the halo exchange crosses the process boundary.
     "seq_over_processes": (helpers.mesh_flags(data=2, fsdp=4, seq_axis="data", seq_batch_axis="fsdp"), False),
 }
-# Measured: losses agree to ~1e-7 relative, parameters and 2-step updates to ~1e-6 (a gloo
-# all-reduce sums in another order than the in-process one).
-LOSS_RTOL, PARAM_RTOL, UPDATE_RTOL = 1e-5, 1e-5, 1e-4
+# Measured (norm of the difference / norm of each array, worst array): losses 0 to 1.4e-7,
+# parameters 4e-7 to 2.8e-5 (arrays that start at zero are all update), updates (step 1 -> 3)
+# 1.1e-5 to 1.2e-5: a gloo all-reduce sums in another order than the in-process one, and Adam's
+# first steps (~ sign(g)) enlarge that in near-zero gradients.
+LOSS_RTOL, PARAM_RTOL, UPDATE_RTOL = 1e-5, 1e-4, 1e-4
 
 
 @pytest.fixture
