@@ -93,7 +93,7 @@ def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):
     text, mask = text_encoder.encode(list(prompts))
     noise = jax.random.normal(jax.random.key(seed), (len(prompts),) + tuple(latent_shape), jnp.float32)
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-      latents = np.asarray(denoise(params, noise, text, mask))
+      latents = distributed.to_host(denoise(params, noise, text, mask))  # tokens may span hosts
     return np.clip(autoencoder.decode(latents / autoencoder.scaling_factor), -1.0, 1.0)
 
   return sample
