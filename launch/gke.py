@@ -112,6 +112,7 @@ def jobset(args, shape: dict, mesh: dict) -> dict:
               "name": "slice",
               "replicas": 1,
               "template": {"spec": {"parallelism": shape["hosts"], "completions": shape["hosts"],
+                                    "completionMode": "Indexed",  # index = TPU_WORKER_ID
                                     "backoffLimit": 0, "template": pod}},
           }],
       },

@@ -126,9 +126,13 @@ class LocalJob:
         proc.send_signal(signal.SIGTERM)
 
   def _kill_all(self):
+    """SIGKILL to every process's group (its own data-loader workers included)."""
     for proc in self.procs:
       if proc.poll() is None:
-        proc.kill()
+        try:
+          os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+          pass
     for proc in self.procs:
       proc.wait()
 
@@ -157,9 +161,8 @@ class LocalJob:
           return 0
         if first_done_at is None and any(code == 0 for code in codes):
           first_done_at = time.monotonic()
-        started = min(t for t in (first_done_at, self._stop_requested_at) if t is not None) \
-            if (first_done_at or self._stop_requested_at) else None
-        if started is not None and time.monotonic() - started > self.stop_timeout_s:
+        ending = [t for t in (first_done_at, self._stop_requested_at) if t is not None]
+        if ending and time.monotonic() - min(ending) > self.stop_timeout_s:
           running = [j for j, code in enumerate(codes) if code is None]
           self._kill_all()
           self._say(f"processes {running} did not stop within {self.stop_timeout_s:.0f} s of the "

@@ -30,7 +30,7 @@ def test_dry_run_prints_one_pod_per_host_running_the_one_host_train_command(acce
   manifest = yaml.safe_load(out.stdout)
   assert manifest["kind"] == "JobSet"
   job = manifest["spec"]["replicatedJobs"][0]["template"]["spec"]
-  assert job["parallelism"] == job["completions"] == hosts
+  assert job["parallelism"] == job["completions"] == hosts and job["completionMode"] == "Indexed"
   pod = job["template"]["spec"]
   assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": label,
                                  "cloud.google.com/gke-tpu-topology": topology,
