@@ -1,4 +1,5 @@
 """launch/gke.py --dry-run prints a JobSet for the slice, checked against the config's mesh."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -49,7 +50,12 @@ def test_dry_run_prints_one_pod_per_host_running_the_one_host_train_command(acce
     (["--accelerator_type=v5p-8"], "not a multi-host slice"),
     (["--accelerator_type=tpu-7"], "expected e.g. v5p-128"),
 ])
-def test_a_slice_the_config_cannot_use_is_refused_with_one_line(args, message):
+def test_a_slice_the_config_cannot_use_is_refused_with_one_line(args, message, capsys, monkeypatch):
+  monkeypatch.chdir(helpers.ROOT)
+  spec = importlib.util.spec_from_file_location("gke", SCRIPT)
+  gke = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gke)
   head, tail = (args[:args.index("--")], args[args.index("--"):]) if "--" in args else (args, [])
-  out = _run(*head, *COMMON, *tail)
-  assert out.returncode != 0 and message in out.stderr and not out.stdout
+  with pytest.raises(SystemExit) as exit_info:
+    gke.main([*head, *COMMON, *tail])
+  assert message in str(exit_info.value) and not capsys.readouterr().out
