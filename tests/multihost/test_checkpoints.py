@@ -11,13 +11,6 @@ FLAGS = helpers.TINY + helpers.mesh_flags(data=8)
 LOSS_RTOL = 1e-5
 
 
-@pytest.fixture
-def runs(tmp_path):
-  runs = helpers.Runs(tmp_path)
-  yield runs
-  runs.close()
-
-
 def _steps(n):
   return FLAGS + [f"--config.train.num_steps={n}"]
 

@@ -22,13 +22,6 @@ MESHES = {
 LOSS_RTOL, PARAM_RTOL, UPDATE_RTOL = 1e-5, 1e-4, 1e-4
 
 
-@pytest.fixture
-def runs(tmp_path):
-  runs = helpers.Runs(tmp_path)
-  yield runs
-  runs.close()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_two_processes_match_one(runs, tmp_path, mesh):

@@ -12,13 +12,6 @@ from tests.multihost import helpers
 FLAGS = helpers.TINY + helpers.mesh_flags(data=2, fsdp=4) + ["--config.train.checkpoint_every=2"]
 
 
-@pytest.fixture
-def runs(tmp_path):
-  runs = helpers.Runs(tmp_path)
-  yield runs
-  runs.close()
-
-
 def _alive(pid):
   try:
     os.kill(pid, 0)

@@ -13,13 +13,6 @@ from sana_jax.training import distributed
 from tests.multihost import helpers
 
 
-@pytest.fixture
-def runs(tmp_path):
-  runs = helpers.Runs(tmp_path)
-  yield runs
-  runs.close()
-
-
 def test_local_process_env_sets_devices_gloo_and_the_coordinator():
   env = distributed.local_process_env(1, 2, 1234, 4, base_env={
       "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_dump_to=/tmp/x", "HOME": "/h"})
