@@ -73,6 +73,7 @@ class LocalJob:
     self.out = sys.stdout if out is None else out
     self.procs, self.logs, self._threads = [], [], []
     self._stop_requested_at = None
+    self._exit_order, self._exit_lock = [], threading.Lock()  # process indices, first to end first
 
   def log_path(self, i: int) -> str:
     return os.path.join(self.log_dir, f"process_{i}.log")
@@ -96,12 +97,21 @@ class LocalJob:
     tee = threading.Thread(target=self._tee, args=(self.procs[0].stdout, self.logs[0]), daemon=True)
     tee.start()
     self._threads.append(tee)
+    for i in range(self.num_processes):
+      threading.Thread(target=self._note_exit, args=(i,), daemon=True).start()
     self._say(f"coordinator 127.0.0.1:{port}; {self.num_processes} processes x "
               f"{self.devices_per_process} devices; showing process 0")
 
   def _say(self, message: str):
     self.out.write(f"launch: {message}\n")
     self.out.flush()
+
+  def _note_exit(self, i: int):
+    """Records when process i ends: when one dies, its peers fail soon after (a collective with a
+    dead peer), and the one to name is the first."""
+    self.procs[i].wait()
+    with self._exit_lock:
+      self._exit_order.append(i)
 
   def _tee(self, pipe, log):
     """Process 0's output -> its log file and this terminal."""
@@ -147,8 +157,10 @@ class LocalJob:
     first_done_at = None
     try:
       while True:
-        codes = [proc.poll() for proc in self.procs]
-        failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
+        with self._exit_lock:
+          ended = list(self._exit_order)
+        codes = [proc.returncode if i in ended else None for i, proc in enumerate(self.procs)]
+        failed = [i for i in ended if codes[i] != 0]
         if failed:
           i = failed[0]
           running = [j for j, code in enumerate(codes) if code is None]
