@@ -70,11 +70,18 @@ def load_config(path: str, overrides):
 
 
 def check_mesh(cfg, chips: int) -> dict:
+  """The mesh sizes on `chips` devices; a ValueError if they do not multiply to it. Warns (stderr)
+  when the fsdp size does not divide model.hidden_size: weights along it then stay replicated."""
   from sana_jax.training import sharding  # imports JAX: only when a manifest is made
   try:
-    return sharding.mesh_shape(cfg.mesh, chips)
+    mesh = sharding.mesh_shape(cfg.mesh, chips)
   except ValueError as e:
     raise ValueError(f"the config's mesh does not fit the {chips} chips of the slice: {e}") from e
+  if cfg.model.hidden_size % mesh["fsdp"]:
+    print(f"warning: fsdp={mesh['fsdp']} does not divide model.hidden_size={cfg.model.hidden_size}, "
+          "so the weights are not sharded over it (each chip holds them whole); choose data x fsdp "
+          "with an fsdp size that divides it (python -m sana_jax.plan shows the memory)", file=sys.stderr)
+  return mesh
 
 
 def jobset(args, shape: dict, mesh: dict) -> dict:

@@ -43,6 +43,8 @@ def test_dry_run_prints_one_pod_per_host_running_the_one_host_train_command(acce
                                   "--config.train.batch_size=1024"]
   assert {"name": "SANA_JAX_MULTIHOST", "value": "1"} in container["env"]
   assert f"'fsdp': {fsdp}" in out.stderr  # the mesh the config resolves to on this slice
+  # 2240 wide: fsdp=256 cannot shard it (the plan: 57.2 GiB per chip against 6.0 with data=4, fsdp=64)
+  assert ("does not divide model.hidden_size=2240" in out.stderr) == (fsdp == 256)
 
 
 @pytest.mark.parametrize("args,message", [
