@@ -19,7 +19,10 @@ The agreements, each a collective every process must call at the same point:
   any_process(flag)          True everywhere if it is True on some process (SIGTERM on one host
                              -> every host saves at the same step);
   gather_host_states(state)  every host's data-iterator state, for the checkpoint;
-  own_host_state(saved)      this host's entry of it on restore (any process count).
+  own_host_state(saved)      this host's entry of it on restore (any process count; not a collective);
+  to_host(array)             a global array as numpy on every host, gathered if it spans hosts.
+any_process runs every step: one tiny all-gather, next to the loss the loop reads back anyway.
+`log_example_indices` (SANA_JAX_INDEX_LOG) records which examples each host read, for audits.
 """
 import json
 import os
@@ -40,7 +43,7 @@ DEFAULT_INIT_TIMEOUT_S = 300
 
 
 class CoordinatorUnreachable(RuntimeError):
-  """This process could not join the job (coordinator down, wrong address, peers missing)."""
+  """This process could not reach the coordinator (not started, wrong address, a firewall)."""
 
 
 def job_kind(env=None) -> str | None:
