@@ -9,6 +9,7 @@ Steps: `create` (the VM or slice, optionally spot/preemptible), `install` (clone
 every worker), `train` (start `python -m sana_jax.train` on every worker at once in a detached
 tmux session; JAX connects the workers itself), `all` (the three in order), `delete`. Anything after
 `--` is passed to sana_jax.train. Re-running `train` after a preemption resumes from --workdir.
+On a GKE cluster, launch/gke.py starts the same train command as a JobSet.
 """
 import argparse
 import shlex

@@ -4,8 +4,8 @@
     batch, data_state = next(batches)   # prepared (encoded, sharded) on a background thread
 
 Every decision that changes control flow (stop now, an error on process 0) must be the same on
-all processes of a multi-host job, or the next collective hangs: `any_process` and `on_main` make
-those decisions together. On one process they cost nothing.
+all processes of a multi-host job, or the next collective hangs: `distributed.any_process` and
+`on_main` make those decisions together. On one process they cost nothing.
 """
 import queue
 import signal
@@ -97,14 +97,6 @@ class StopSignals:
   def __exit__(self, *exc):
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)
-
-
-def any_process(flag: bool) -> bool:
-  """True on every process when `flag` is true on any (a collective: all processes must call it)."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
 def on_main(fn, error_type=RuntimeError):

@@ -39,7 +39,7 @@ from sana_jax.optim.registry import build_optimizer, make_schedule
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling import grid
 from sana_jax.sampling.schedulers import FlowDPMSolverScheduler, FlowEulerScheduler
-from sana_jax.training import checkpointing, host, metrics, resume, sharding, step, train_state
+from sana_jax.training import checkpointing, distributed, host, metrics, resume, sharding, step, train_state
 
 
 class TrainingDiverged(RuntimeError):
@@ -108,7 +108,7 @@ def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):
     text, mask = text_encoder.encode(list(prompts))
     noise = jax.random.normal(jax.random.key(seed), (len(prompts),) + tuple(latent_shape), jnp.float32)
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-      latents = np.asarray(denoise(params, noise, text, mask))
+      latents = distributed.to_host(denoise(params, noise, text, mask))  # tokens may span hosts
     return np.clip(autoencoder.decode(latents / autoencoder.scaling_factor), -1.0, 1.0)
 
   return sample
@@ -190,7 +190,7 @@ class _Run:
     self.drain()
     if not checkpointing.all_finite((self.state.params, self.state.ema_params)):
       self.diverged(f"the parameters are not finite after step {at}", at + 1)
-    self.ckpt.save(at, self.state, self.cfg, self.data_state)
+    self.ckpt.save(at, self.state, self.cfg, distributed.gather_host_states(self.data_state))
     self.saved_step = at
 
 
@@ -263,6 +263,7 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
   first_step = int(state.step)
   data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed, host_shard, host_shards)
   if data_state is not None:
+    data_state = distributed.own_host_state(data_state)  # this host's iterator
     data.set_state(data_state)
     print(f"resumed from {ckpt.directory} at step {first_step}", flush=True)
 
@@ -309,9 +310,9 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
     if is_main:
       grid.save_grid(images, grid_prompts, workdir / "samples" / f"step_{at_step:07d}.png")
 
-  def prepare(host_batch):
-    return sharding.global_batch(encode_batch(host_batch, autoencoder, text_encoder), batch_sharding,
-                                 cfg.train.batch_size)
+  def prepare(host_batch):  # -> (global batch, the example indices this host read or None)
+    return (sharding.global_batch(encode_batch(host_batch, autoencoder, text_encoder), batch_sharding,
+                                  cfg.train.batch_size), host_batch.get("indices"))
 
   window_start = time.perf_counter()
   window_steps = 0
@@ -323,19 +324,20 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
     with host.StopSignals() as stop, host.Prefetcher(data, prepare, depth=2) as batches:
       for current in range(first_step, num_steps):
         at_log = current % log_every == 0
-        if (single_process or at_log) and host.any_process(stop.requested):
+        if (single_process or at_log) and distributed.any_process(stop.requested):
           run.save(current)
           ckpt.wait()
           bar.close()
           return {"step": current, "stopped": stop.requested or "another process", "saved": run.saved_step,
                   "workdir": str(workdir)}
         try:
-          batch, batch_data_state = next(batches)
+          (batch, indices), batch_data_state = next(batches)
         except StopIteration:
           raise ValueError(f"the data ran out after step {current} (data.num_epochs="
                            f"{cfg.data.num_epochs}); raise it, or lower train.num_steps") from None
         run.state, step_metrics = update(run.state, batch)
         run.data_state = batch_data_state
+        distributed.log_example_indices(current, indices)
         done = current + 1
         run.pending.append((done, step_metrics))
         window_steps += 1

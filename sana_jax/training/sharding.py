@@ -9,7 +9,6 @@ The batch is split over data x fsdp. A dimension whose size a mesh axis does not
 replicated, so every rule set works with every model size.
 """
 import math
-import os
 
 import jax
 from jax.experimental import mesh_utils
@@ -18,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sana_jax.models.transformer import seq_parallel_axes
+from sana_jax.training import distributed
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -162,13 +162,6 @@ def global_batch(local_batch, sharding: NamedSharding, global_batch_size=None):
 
 
 def maybe_initialize_distributed():
-  """Connects the hosts of a multi-host job (SANA_JAX_MULTIHOST=1 as launch/ sets it, a TPU pod
-  slice, SLURM, or an explicit coordinator); a no-op on one host. Must run before anything asks
-  JAX for its devices."""
-  if jax.distributed.is_initialized():
-    return
-  tpu_hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-  if (os.environ.get("SANA_JAX_MULTIHOST") == "1" or len(tpu_hosts) > 1
-      or "JAX_COORDINATOR_ADDRESS" in os.environ
-      or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
-    jax.distributed.initialize()
+  """Connects the hosts of a multi-host job (see training/distributed.py for where the job's shape
+  comes from); a no-op on one host. Must run before anything asks JAX for its devices."""
+  distributed.initialize()
