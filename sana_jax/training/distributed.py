@@ -21,7 +21,8 @@ The agreements, each a collective every process must call at the same point:
   gather_host_states(state)  every host's data-iterator state, for the checkpoint;
   own_host_state(saved)      this host's entry of it on restore (any process count; not a collective);
   to_host(array)             a global array as numpy on every host, gathered if it spans hosts.
-any_process runs every step: one tiny all-gather, next to the loss the loop reads back anyway.
+The loop calls any_process at log steps (every step on one process, where it is free): one tiny
+all-gather, next to the metrics the loop reads back there anyway.
 `log_example_indices` (SANA_JAX_INDEX_LOG) records which examples each host read, for audits.
 """
 import json
