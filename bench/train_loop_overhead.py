@@ -87,13 +87,13 @@ def main():
     for r in range(args.rounds):
       loops.append(loop_step_time(cfg, os.path.join(tmp, f"run{r}")))
       bare.append(bare_step_time(cfg, batches))
-  ratios = sorted(t / ((bare[i] + bare[i + 1]) / 2) for i, t in enumerate(loops))
+  ratios = [t / ((bare[i] + bare[i + 1]) / 2) for i, t in enumerate(loops)]
   print(f"{cfg.model.name}, batch {cfg.train.batch_size}, {args.steps} steps per run, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
   print("bare jitted step: " + ", ".join(f"{t * 1e3:.1f}" for t in bare) + " ms/step")
   print("training loop:    " + ", ".join(f"{t * 1e3:.1f}" for t in loops) + " ms/step")
   print("loop / bare:      " + ", ".join(f"{r:.3f}" for r in ratios) +
-        f"  (median {ratios[len(ratios) // 2]:.3f}x)")
+        f"  (median {sorted(ratios)[len(ratios) // 2]:.3f}x)")
 
 
 if __name__ == "__main__":
