@@ -7,8 +7,9 @@ The bare step runs `update(state, batch)` back to back on batches prepared befor
 The loop runs the real `python -m sana_jax.train` loop for the same number of steps (data read,
 encoded and sharded on its prefetch thread, metrics read back at log steps, tqdm, TensorBoard,
 one checkpoint at the end), its time per step taken from metrics.jsonl's step_time of every log
-window but the first (which holds the compilation). Bare, loop, bare again: the ratio uses the
-mean of the two bare runs, so a change of machine load during the run shows as their spread.
+window but the first (which holds the compilation). Bare and loop alternate (`--rounds` loops,
+each between two bare runs); each loop run is divided by the mean of its two neighbours, and the
+median of those ratios is printed, so a change of machine load shows as their spread.
 """
 import argparse
 import json
@@ -71,23 +72,28 @@ def main():
   parser.add_argument("--config", default="tiny")
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--log_every", type=int, default=50)
+  parser.add_argument("--rounds", type=int, default=2)
   args = parser.parse_args()
   cfg = configs.get_config(args.config)
   cfg.train.update(num_steps=args.steps + args.log_every, log_every=args.log_every,
                    checkpoint_every=10 ** 9, sample_every=0)
   cfg.sampling.update(num_images=0, num_eval_images=0)
   batches = prepared_batches(cfg, args.steps)
-  bare_before = bare_step_time(cfg, batches)
-  with tempfile.TemporaryDirectory() as workdir:
-    in_loop = loop_step_time(cfg, workdir)
-  bare_after = bare_step_time(cfg, batches)
-  bare = (bare_before + bare_after) / 2
-  print(f"{cfg.model.name}, batch {cfg.train.batch_size}, {args.steps} steps, {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s)")
-  print(f"bare jitted step: {bare * 1e3:.2f} ms/step (before {bare_before * 1e3:.2f}, after "
-        f"{bare_after * 1e3:.2f})")
-  print(f"training loop:    {in_loop * 1e3:.2f} ms/step")
-  print(f"loop / bare:      {in_loop / bare:.3f}x")
+  with tempfile.TemporaryDirectory() as tmp:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(tmp, "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    bare = [bare_step_time(cfg, batches)]
+    loops = []
+    for r in range(args.rounds):
+      loops.append(loop_step_time(cfg, os.path.join(tmp, f"run{r}")))
+      bare.append(bare_step_time(cfg, batches))
+  ratios = [t / ((bare[i] + bare[i + 1]) / 2) for i, t in enumerate(loops)]
+  print(f"{cfg.model.name}, batch {cfg.train.batch_size}, {args.steps} steps per run, "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+  print("bare jitted step: " + ", ".join(f"{t * 1e3:.1f}" for t in bare) + " ms/step")
+  print("training loop:    " + ", ".join(f"{t * 1e3:.1f}" for t in loops) + " ms/step")
+  print("loop / bare:      " + ", ".join(f"{r:.3f}" for r in ratios) +
+        f"  (median {sorted(ratios)[len(ratios) // 2]:.3f}x)")
 
 
 if __name__ == "__main__":

@@ -155,11 +155,18 @@ class _Run:
     self.cfg, self.ckpt, self.state = cfg, ckpt, state
     self.saved_step = saved_step      # newest step this run restored or wrote (None: none)
     self.pending = []                 # (step, device metrics) not yet read back
+    self.window = []                  # metrics read back since the last log step
     self.data_state = None            # iterator position after the last consumed batch
 
-  def drain(self) -> list[dict]:
-    """Reads back the pending metrics (one transfer); raises TrainingDiverged at the first
-    non-finite loss or gradient norm."""
+  def take_window(self) -> list[dict]:
+    """All metrics since the last call (reading back what is pending)."""
+    self.drain()
+    window, self.window = self.window, []
+    return window
+
+  def drain(self):
+    """Reads back the pending metrics (one transfer) into the window; raises TrainingDiverged at
+    the first non-finite loss or gradient norm."""
     steps = [s for s, _ in self.pending]
     fetched = jax.device_get([m for _, m in self.pending])
     self.pending = []
@@ -167,7 +174,7 @@ class _Run:
       for key in ("loss", "grad_norm"):
         if key in record and not math.isfinite(float(record[key])):
           self.diverged(f"{key} is {float(record[key])} at step {at}", at)
-    return [dict(step=at, **{k: float(v) for k, v in r.items()}) for at, r in zip(steps, fetched)]
+    self.window += [dict(step=at, **{k: float(v) for k, v in r.items()}) for at, r in zip(steps, fetched)]
 
   def diverged(self, what: str, at: int):
     """Stops the run: moves a checkpoint whose weights produced the bad step aside and names the
@@ -343,7 +350,7 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
         window_steps += 1
         bar.update(1)
         if done % log_every == 0 or done == num_steps:
-          records = run.drain()
+          records = run.take_window()
           ckpt.check()
           now = time.perf_counter()
           scalars = {k: float(np.mean([r[k] for r in records])) for k in records[0] if k != "step"}

@@ -80,3 +80,15 @@ def test_overall_is_the_mean_of_task_accuracies():
 def test_non_rgb_input_is_refused():
   with pytest.raises(ValueError, match=r"RGB image \[H, W, 3\]"):
     shapes_eval.detect_objects(np.zeros((32, 32), np.uint8))
+
+
+def test_verdicts_per_image_give_the_score_and_a_table(examples):
+  images = [e["image"] for e in examples]
+  specs = [shapes.SceneSpec.from_json(e["spec"]) for e in examples]
+  blank = np.full_like(images[0], 128)
+  per_image = shapes_eval.verdicts([images[0], blank], specs[:2])
+  assert per_image == [(specs[0].task, True), (specs[1].task, False)]
+  assert shapes_eval.score_verdicts(per_image) == shapes_eval.score([images[0], blank], specs[:2])
+  table = shapes_eval.score_table({"single_object": 1.0, "overall": 0.5}, {"single_object": 3})
+  assert table.splitlines() == ["task           score  images", "single_object  1.000       3",
+                                "overall        0.500"]
