@@ -118,7 +118,7 @@ def test_bfloat16_storage_reads_back_the_rounded_values(tmp_path):
 
 def test_dcae_cache_holds_the_encoder_latents_times_its_scaling_factor(tmp_path):
   torch = pytest.importorskip("torch")
-  from sana_jax.models.autoencoder import load_autoencoder
+  from sana_jax.convert.autoencoder import load_autoencoder
   from tests.autoencoder.builders import TINY_CONFIG, save_tiny_vae_folder
 
   reference = save_tiny_vae_folder(str(tmp_path / "vae"))

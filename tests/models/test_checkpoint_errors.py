@@ -12,7 +12,7 @@ from flax import nnx
 from sana_jax import configs
 import sana_jax
 from sana_jax.convert.transformer import CheckpointError, diffusers_to_nvlabs
-from sana_jax.models.transformer import abstract_transformer, count_params
+from sana_jax.models.transformer import count_params
 from tests.models.reference import random_diffusers_transformer
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import sana_jax
-from sana_jax.convert.checkpoints import export_diffusers, load_transformer, save_transformer
-from sana_jax.convert.transformer import CheckpointError, diffusers_to_nvlabs
+from sana_jax.convert.checkpoints import export_diffusers, save_transformer
+from sana_jax.convert.transformer import diffusers_to_nvlabs
 from tests.models.reference import random_diffusers_transformer, reference_forward
 
 CASES = {
