@@ -63,6 +63,9 @@ def hf_config(config: Gemma2Config) -> dict:
   import transformers
   fields = dataclasses.asdict(config)
   fields["layer_types"] = list(fields["layer_types"])
+  scalar = fields["query_pre_attn_scalar"]
+  fields["query_pre_attn_scalar"] = int(scalar) if float(scalar).is_integer() else scalar
+  fields["rope_parameters"] = {"rope_type": "default", "rope_theta": fields.pop("rope_theta")}
   hf = transformers.Gemma2Config(**fields).to_dict()
   hf["architectures"] = ["Gemma2Model"]
   return hf
