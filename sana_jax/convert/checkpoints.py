@@ -12,11 +12,12 @@ import os
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from sana_jax.convert import native, training_run
 from sana_jax.convert.tensors import (CheckpointError, local_folder_or_file, read_component,
-                                      save_safetensors)
+                                      save_safetensors, torch_to_numpy)
 from sana_jax.convert.transformer import (COMPONENT, config_from_diffusers, config_to_diffusers,
                                           model_from_state, nvlabs_source, resolve_config,
                                           state_from_source, state_to_tensors)
@@ -108,7 +109,9 @@ def _load_nvlabs(path, config, dtype):
   _check_nvlabs_keys(cfg, source)
   model = model_from_state(cfg, state_from_source(source, cfg, dtype))
   if "y_embedding" in extras:
-    model.null_caption_embedding = nnx.Variable(jnp.asarray(extras["y_embedding"], jnp.float32))
+    null = extras["y_embedding"]
+    null = null if isinstance(null, np.ndarray) else torch_to_numpy(null)
+    model.null_caption_embedding = nnx.Variable(jnp.asarray(null, jnp.float32))
   return model
 
 

@@ -135,7 +135,7 @@ def nvlabs_source(state: Mapping, where: str = "an NVlabs state dict") -> tuple:
     shape = tuple(tensor.shape)
     if key in _NVLABS_DROPPED:
       if key == "y_embedder.y_embedding":
-        extras["y_embedding"] = torch_to_numpy(tensor) if not isinstance(tensor, np.ndarray) else tensor
+        extras["y_embedding"] = tensor  # read when the model is built
       continue
     if key in _NVLABS_TOP:
       getters[_NVLABS_TOP[key]] = (key, None, None)
@@ -162,36 +162,6 @@ def nvlabs_source(state: Mapping, where: str = "an NVlabs state dict") -> tuple:
 
   extras["unknown"] = unknown
   return TensorSource(getters, get, shapes, component=COMPONENT, where=where), extras
-
-
-def diffusers_to_nvlabs(tensors: Mapping) -> dict:
-  """Renames and fuses a diffusers state dict into NVlabs names (the inverse of `nvlabs_source`)."""
-  inv_top = {v: k for k, v in _NVLABS_TOP.items()}
-  inv_block = {v: k for k, v in _NVLABS_BLOCK.items()}
-  out, fused = {}, {}
-  for name, t in tensors.items():
-    if name in inv_top:
-      out[inv_top[name]] = t
-      continue
-    m = re.match(r"^transformer_blocks\.(\d+)\.(.+)$", name)
-    if m is None:
-      raise CheckpointError(f"not a SANA transformer tensor: {name}")
-    i, rest = m.groups()
-    if rest in inv_block:
-      out[f"blocks.{i}.{inv_block[rest]}"] = t
-    else:
-      for nv, parts in _NVLABS_FUSED.items():
-        if rest in parts:
-          fused.setdefault(f"blocks.{i}.{nv}", [None] * len(parts))[parts.index(rest)] = t
-  for key, parts in fused.items():
-    cat = (np.concatenate if isinstance(parts[0], np.ndarray) else _torch_cat)
-    out[key] = cat(parts, 0)
-  return out
-
-
-def _torch_cat(parts, axis):
-  import torch
-  return torch.cat(parts, axis)
 
 
 # ----------------------------------------------------------------------------- state <-> tensors
