@@ -33,7 +33,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sana_jax.convert.pipeline import convert_pipeline, pipeline_parts
-from sana_jax.data.buckets import scale_table
+from sana_jax.data.buckets import nearest_bucket, scale_table
 from sana_jax.models.transformer import SanaTransformer
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling.schedulers import SAMPLERS, scheduler_from_config
@@ -65,9 +65,7 @@ def aspect_ratio_table(sample_size: int) -> dict[str, tuple[int, int]]:
 
 def classify_height_width_bin(height: int, width: int, table: dict) -> tuple[int, int]:
   """The (height, width) of the bucket whose ratio is nearest height / width (first on ties)."""
-  ratio = height / width
-  key = min(table, key=lambda k: abs(float(k) - ratio))
-  return tuple(int(s) for s in table[key])
+  return tuple(int(s) for s in table[nearest_bucket(height, width, table)])
 
 
 def resize_and_crop(images, height: int, width: int):

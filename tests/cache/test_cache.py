@@ -167,7 +167,7 @@ def test_multi_scale_folder_keeps_a_latent_shape_per_bucket_and_counts_unreadabl
   assert sorted(tuple(b["latent_shape"]) for b in manifest["buckets"]) == [(6, 12, 48), (8, 8, 48), (12, 6, 48)]
 
   records = cache.CacheSource(str(tmp_path / "c"))
-  table = pipeline.bucket_table(data_cfg)
+  table = buckets.bucket_table(data_cfg)
   for i in range(len(records)):
     record = records[i]
     example = source[record["index"]]
