@@ -1,4 +1,4 @@
-"""Rectified-flow training objective of SANA (docs/training.md).
+"""Rectified-flow training objective of SANA (docs/architecture.md).
 
 A clean latent x0 and noise eps are mixed as x_t = (1 - sigma) x0 + sigma eps; the model sees
 timestep sigma * 1000 and must predict the velocity eps - x0. sigma is drawn on the 1000-point
