@@ -61,7 +61,7 @@ def load_transformer(path, config=None, dtype=jnp.float32, variant: str | None =
     model = run.transformer
     if config is not None or jnp.dtype(dtype) != jnp.dtype(model.cfg.param_dtype):
       cfg = _with_dtype(resolve_config(config) if config is not None else model.cfg, dtype)
-      model = model_from_state(cfg, jax_cast(nnx.state(model, nnx.Param), dtype))
+      model = model_from_state(cfg, _cast(nnx.state(model, nnx.Param), dtype))
     return model
   if os.path.isdir(path) and os.path.isfile(os.path.join(path, OURS_META)):
     return _load_ours(path, config, dtype)
@@ -81,7 +81,7 @@ def load_transformer(path, config=None, dtype=jnp.float32, variant: str | None =
                         "a sana_jax checkpoint folder or a sana_jax training workdir")
 
 
-def jax_cast(state, dtype):
+def _cast(state, dtype):
   import jax
   return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
 

@@ -12,15 +12,7 @@ from flax import nnx
 import sana_jax
 from sana_jax.convert.transformer import model_from_state
 from sana_jax.models.transformer import REMAT_POLICIES
-from tests.models.reference import random_diffusers_transformer, reference_forward
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  ref = random_diffusers_transformer(seed=3, qk_norm=True)
-  folder = tmp_path_factory.mktemp("ref")
-  ref.save_pretrained(folder)
-  return ref, folder
+from tests.models.reference import reference_forward
 
 
 def _inputs():

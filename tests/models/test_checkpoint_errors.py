@@ -13,15 +13,6 @@ from sana_jax import configs
 import sana_jax
 from sana_jax.convert.transformer import CheckpointError
 from sana_jax.models.transformer import count_params
-from tests.models.reference import random_diffusers_transformer
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  ref = random_diffusers_transformer(seed=3, qk_norm=True)
-  folder = tmp_path_factory.mktemp("ref")
-  ref.save_pretrained(folder)
-  return ref, folder
 
 
 def _write_folder(folder, tensors, config):
