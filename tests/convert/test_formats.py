@@ -18,7 +18,7 @@ from sana_jax.convert.pipeline import convert_pipeline
 from sana_jax.optim.registry import build_optimizer
 from sana_jax.sampling.pipeline import SanaPipeline
 from sana_jax.training import checkpointing, train_state
-from tests.pipeline.builders import build_tiny_pipeline
+from tests.sampling.pipeline_builders import build_tiny_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMPTS = ["A cat sleeping on a red sofa", "two dogs running"]

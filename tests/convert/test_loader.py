@@ -12,7 +12,7 @@ from flax import nnx
 import sana_jax
 from sana_jax.convert.tensors import CheckpointError, read_safetensors
 from sana_jax.sampling.pipeline import SanaPipeline
-from tests.pipeline.builders import build_tiny_pipeline
+from tests.sampling.pipeline_builders import build_tiny_pipeline
 
 PROMPT = "a cat on a sofa"
 SMALL = dict(height=32, width=32, num_inference_steps=2, use_resolution_binning=False, max_sequence_length=16,

@@ -1,6 +1,8 @@
-"""A random tiny diffusers SanaTransformer2DModel (q/k norms) saved once for the model tests."""
+"""Model-test fixtures: a random tiny diffusers SanaTransformer2DModel (q/k norms) saved once, and the
+tiny Gemma-2 / tokenizer folders of gemma_builders.py."""
 import pytest
 
+from tests.models.gemma_builders import gemma_dir, tokenizer, tokenizer_dir, torch_gemma  # noqa: F401 - fixtures
 from tests.models.reference import random_diffusers_transformer
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from sana_jax.convert.autoencoder import assign_torch_weights, load_autoencoder, torch_state_shapes
 from sana_jax.models.autoencoder import DCAE, DCAEConfig, MultiscaleLinearAttention, pixel_shuffle, pixel_unshuffle
 
-from .builders import BRANCHES_CONFIG, TINY_CONFIG, randomize_, save_tiny_vae_folder
+from tests.models.autoencoder_builders import BRANCHES_CONFIG, TINY_CONFIG, randomize_, save_tiny_vae_folder
 
 TOL = 1e-4
 

@@ -119,7 +119,7 @@ def test_bfloat16_storage_reads_back_the_rounded_values(tmp_path):
 def test_dcae_cache_holds_the_encoder_latents_times_its_scaling_factor(tmp_path):
   torch = pytest.importorskip("torch")
   from sana_jax.convert.autoencoder import load_autoencoder
-  from tests.autoencoder.builders import TINY_CONFIG, save_tiny_vae_folder
+  from tests.models.autoencoder_builders import TINY_CONFIG, save_tiny_vae_folder
 
   reference = save_tiny_vae_folder(str(tmp_path / "vae"))
   autoencoder = load_autoencoder(str(tmp_path / "vae"))
@@ -264,7 +264,7 @@ def test_writing_over_an_existing_cache_is_refused(shapes_cache):
 
 def test_gemma_cache_keeps_the_unmasked_caption_features_with_the_instruction(tmp_path):
   from sana_jax.sampling.text_encoding import CHI_DEFAULT, PromptEncoder
-  from tests.text.gemma_builders import build_tiny_gemma, build_tiny_tokenizer
+  from tests.models.gemma_builders import build_tiny_gemma, build_tiny_tokenizer
 
   pipe = tmp_path / "pipe"  # the layout of a diffusers Sana pipeline folder
   build_tiny_gemma(pipe / "text_encoder")

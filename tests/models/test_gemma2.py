@@ -10,7 +10,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from gemma_builders import PROMPTS, build_tiny_gemma, tiny_gemma_config
+from tests.models.gemma_builders import PROMPTS, build_tiny_gemma, tiny_gemma_config
 from sana_jax.convert.gemma2 import load_gemma2
 from sana_jax.convert.tensors import CheckpointError
 from sana_jax.models.gemma2 import FULL, SLIDING, Gemma2Config

@@ -9,7 +9,7 @@ import torch
 from diffusers.image_processor import PixArtImageProcessor
 from diffusers.pipelines.sana import pipeline_sana
 
-from tests.pipeline.builders import DPM_SCHEDULER_CONFIG
+from tests.sampling.pipeline_builders import DPM_SCHEDULER_CONFIG
 from sana_jax.sampling.pipeline import (SanaPipeline, aspect_ratio_table, classify_height_width_bin,
                                         convert_pipeline, resize_and_crop)
 
