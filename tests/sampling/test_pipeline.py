@@ -177,8 +177,8 @@ def test_prompt_embeds_and_generator_as_diffusers_takes_them(tiny_folder, tiny_p
   ref = tiny_folder[1]
   ref.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
   with torch.no_grad():
-    expected = ref(prompt_embeds=torch.from_numpy(np.asarray(text)),
-                   prompt_attention_mask=torch.from_numpy(np.asarray(mask)),
+    expected = ref(prompt_embeds=torch.from_numpy(np.array(text)),
+                   prompt_attention_mask=torch.from_numpy(np.array(mask)),
                    latents=torch.from_numpy(latents.transpose(0, 3, 1, 2)), output_type="np", **SMALL).images
   got = tiny_pipe(prompt_embeds=text, prompt_attention_mask=mask, latents=latents, **args).images
   np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
