@@ -209,11 +209,7 @@ class SanaPipeline:
     without guidance. Each prompt's rows are repeated n times in a row (p0, p0, p1, p1, ...)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     text, mask = self.text_encoder.encode(prompts, complex_human_instruction, max_sequence_length)
-    repeat = functools.partial(jnp.repeat, repeats=num_images_per_prompt, axis=0)
-    if not guided:
-      return repeat(text), repeat(mask), None, None
-    neg_text, neg_mask = self.text_encoder.encode_negative(negative_prompt, len(prompts), max_sequence_length)
-    return repeat(text), repeat(mask), repeat(neg_text), repeat(neg_mask)
+    return self._embeddings(text, mask, negative_prompt, None, None, num_images_per_prompt, guided)
 
   def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] = "",
                height: int = 1024, width: int = 1024, num_inference_steps: int = 20,
@@ -252,13 +248,13 @@ class SanaPipeline:
     guided = float(guidance_scale) > 1.0
 
     if prompt_embeds is None:
-      text, mask, neg_text, neg_mask = self.encode_prompt(
-          _check_prompts(prompt), negative_prompt, num_images_per_prompt, guided, complex_human_instruction,
-          max_sequence_length)
-    else:
-      text, mask, neg_text, neg_mask = self._given_embeddings(
-          prompt, prompt_embeds, prompt_attention_mask, negative_prompt, negative_prompt_embeds,
-          negative_prompt_attention_mask, num_images_per_prompt, guided)
+      prompt_embeds, prompt_attention_mask = self.text_encoder.encode(
+          _check_prompts(prompt), complex_human_instruction, max_sequence_length)
+    elif prompt is not None:
+      raise ValueError("pass either prompt or prompt_embeds, not both")
+    text, mask, neg_text, neg_mask = self._embeddings(
+        prompt_embeds, prompt_attention_mask, negative_prompt, negative_prompt_embeds,
+        negative_prompt_attention_mask, num_images_per_prompt, guided)
     batch = text.shape[0]
     latents = self._initial_latents(latents, batch, latent_hw, _noise_key(generator, seed))
     jax.block_until_ready((text, neg_text))
@@ -312,10 +308,9 @@ class SanaPipeline:
                        f"got {height}x{width}")
     return height // self.vae_scale_factor, width // self.vae_scale_factor
 
-  def _given_embeddings(self, prompt, embeds, mask, negative_prompt, neg_embeds, neg_mask, n, guided):
-    """diffusers' prompt_embeds path: checked, the negatives encoded at the same length if not given."""
-    if prompt is not None:
-      raise ValueError("pass either prompt or prompt_embeds, not both")
+  def _embeddings(self, embeds, mask, negative_prompt, neg_embeds, neg_mask, n, guided):
+    """Prompt embeddings checked, the negatives encoded at their length unless given, each row
+    repeated n times (p0, p0, p1, p1, ...); negatives are None without guidance."""
     if mask is None:
       raise ValueError("prompt_embeds needs prompt_attention_mask ([B, L], 1 = real token)")
     embeds, mask = jnp.asarray(embeds), jnp.asarray(mask)
