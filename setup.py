@@ -28,6 +28,7 @@ setup(
     extras_require={
         "test": [
             "pytest",
+            "ruff>=0.17",
             "torch==2.13.0",
             "diffusers==0.42.1",
             "transformers>=5.0",

@@ -40,9 +40,9 @@ def build_small_pipeline(path):
   import diffusers
   import transformers
 
-  from tests.autoencoder.builders import randomize_
-  from tests.pipeline.builders import DPM_SCHEDULER_CONFIG, randomize_norms_
-  from tests.text.gemma_builders import build_tiny_tokenizer, randomize_norms
+  from tests.models.autoencoder_builders import randomize_
+  from tests.sampling.pipeline_builders import DPM_SCHEDULER_CONFIG, randomize_norms_
+  from tests.models.gemma_builders import build_tiny_tokenizer, randomize_norms
 
   torch.manual_seed(0)
   gemma = transformers.Gemma2Config(

@@ -12,7 +12,7 @@ from sana_jax.optim.registry import default_optimizer_config
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-  """Architecture of the linear DiT (SANA_REFERENCE.md section 1). Defaults: the 1.6B SANA 1.0 model."""
+  """Architecture of the linear DiT (docs/architecture.md). Defaults: the 1.6B SANA 1.0 model."""
   m = ml_collections.ConfigDict()
   m.name = "SanaMS_1600M_P1_D20"
   m.in_channels = 32
@@ -46,7 +46,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
-  """Objective, batch and loop settings (SANA_REFERENCE.md section 5 for the objective)."""
+  """Objective, batch and loop settings (docs/architecture.md for the objective)."""
   t = ml_collections.ConfigDict()
   t.batch_size = 256              # global batch (all hosts, all micro-batches)
   t.grad_accum_steps = 1          # micro-batches per update, accumulated with a lax.scan

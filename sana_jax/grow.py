@@ -2,7 +2,8 @@
 
   python -m sana_jax.grow --src CKPT --dst CKPT --depth 60 [--source-layers 18] [--strategy constant]
 
-SRC: our checkpoint, a diffusers folder or an NVlabs .pth (with --config); DST: our checkpoint
+SRC: our checkpoint, a diffusers folder, an NVlabs .pth (with --config) or a training workdir (newest
+checkpoint, EMA if any); DST: our checkpoint
 (`sana_jax.json` + Orbax params). Train on from DST with a fresh optimiser state. See
 sana_jax/scaling/growth.py for the strategies and when the result computes the same function.
 """

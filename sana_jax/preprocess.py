@@ -58,7 +58,7 @@ def build_autoencoder(spec: str, factor: int, dtype):
   if spec == "builtin":
     from sana_jax.models.simple_codecs import SpaceToDepthAutoencoder
     return SpaceToDepthAutoencoder(factor)
-  from sana_jax.models.autoencoder import load_autoencoder
+  from sana_jax.convert.autoencoder import load_autoencoder
   return load_autoencoder(_component(spec, "vae"), dtype=dtype)
 
 

@@ -5,7 +5,7 @@
   python -m sana_jax.prune --src CKPT --dst CKPT --blocks 0,1,2,5,7
   python -m sana_jax.prune --src CKPT --calibration calib.npz --report_dir DIR   (scores only)
 
---calibration: an .npz with `text` [P, L, C] and `text_mask` [P, L] (the calibration prompts'
+CKPT: any format `load_transformer` reads (a training workdir too). --calibration: an .npz with `text` [P, L, C] and `text_mask` [P, L] (the calibration prompts'
 embeddings) and optionally `latents` [P, H, W, C_in] (clean latents, noised per timestep); without
 latents the blocks are scored along the model's own Euler sampling trajectory at --latent_size.
 The scores go to DIR/block_importance.json and DIR/block_importance.png. Fine-tune the pruned

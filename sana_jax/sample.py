@@ -60,47 +60,12 @@ def read_prompts(prompts, prompts_file) -> list[str]:
   return prompts
 
 
-def load_training_run(workdir):
-  """(SanaPipeline, suggested settings) from a `sana_jax.train` workdir's newest checkpoint."""
-  import jax
-  import ml_collections
-  from flax import nnx
-
-  from sana_jax.optim.registry import build_optimizer
-  from sana_jax.sampling.pipeline import SanaPipeline
-  from sana_jax.training import checkpointing, loop, train_state
-
-  with open(os.path.join(workdir, "config.json")) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
-  autoencoder, text_encoder = loop.build_codecs(cfg)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = train_state.abstract_train_state(cfg, build_optimizer(cfg.optimizer))
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-  ckpt = checkpointing.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), keep=1 << 30,
-                                    async_save=False)
-  restored = ckpt.restore_latest(abstract)
-  ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f"{workdir}: no readable checkpoint under checkpoints/")
-  step, state, _ = restored
-  params = state.ema_params if state.ema_params is not None else state.params
-  model = nnx.merge(train_state.model_graphdef(cfg.model), params)
-  s = cfg.sampling
-  scheduler = ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": s.flow_shift}
-               if s.sampler == "flow_euler" else
-               {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True, "flow_shift": s.flow_shift,
-                "prediction_type": "flow_prediction"})
-  suggested = dict(num_inference_steps=s.num_steps, guidance_scale=s.guidance_scale,
-                   max_sequence_length=text_encoder.max_length, training_step=int(step))
-  return SanaPipeline(model, autoencoder, text_encoder, scheduler), suggested
-
-
 def load_pipeline(path, dtype):
   """(SanaPipeline, suggested settings) for a pipeline folder, our export or a training workdir."""
+  from sana_jax.convert.pipeline import pipeline_parts
   from sana_jax.sampling.pipeline import SanaPipeline
-  if os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(os.path.join(path, "config.json")):
-    return load_training_run(path)
-  return SanaPipeline.from_pretrained(path, dtype=dtype), {}
+  parts, suggested = pipeline_parts(path, dtype=dtype)
+  return SanaPipeline(**parts), suggested
 
 
 def _slug(text, limit=40):

@@ -5,54 +5,28 @@ Everything here works tensor by tensor: a checkpoint is read lazily (safetensors
 per-block tensors are stacked onto the layer axis. A bf16 checkpoint therefore never exists as an
 fp32 copy, and no full PyTorch state dict is held beside the JAX one.
 """
-import dataclasses
 import re
-from typing import Callable, Iterable, Mapping
+from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
+from sana_jax.convert.tensors import (CheckpointError, Entry, TensorSource, check_names, dict_source,
+                                      expected_shapes, export_tensors, fill_state, flat_target,
+                                      torch_to_numpy)
 from sana_jax.models.transformer import SanaTransformer, abstract_transformer
 
-
-class CheckpointError(ValueError):
-  """A checkpoint that does not fit the model: lists every missing, unexpected and mis-shaped key."""
-
-
-# ----------------------------------------------------------------------------- layout transforms
-# Each kind maps a PyTorch tensor to our layout (to_jax) and back (to_torch).
-def _linear_to_jax(w):
-  return w.T
+__all__ = ["CheckpointError", "config_from_diffusers", "config_to_diffusers", "dict_source",
+           "model_from_state", "nvlabs_source", "resolve_config", "state_from_source",
+           "state_to_tensors", "transformer_entries", "validate_source"]
+COMPONENT = "transformer"
 
 
-def _conv_to_jax(w):  # [O, I, kh, kw] -> [kh, kw, I, O]
-  return w.transpose(2, 3, 1, 0)
-
-
-def _conv1x1_to_jax(w):  # [O, I, 1, 1] -> [I, O]
-  return w[:, :, 0, 0].T
-
-
-_KINDS = {
-    "linear": (_linear_to_jax, lambda a: a.T),
-    "vector": (lambda w: w, lambda a: a),
-    "conv": (_conv_to_jax, lambda a: a.transpose(3, 2, 0, 1)),
-    "conv1x1": (_conv1x1_to_jax, lambda a: a.T[:, :, None, None]),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  ours: tuple          # path in nnx.state(model)
-  theirs: str          # diffusers name; "{i}" is the block index for block entries
-  kind: str
-  in_block: bool
-
-
-def _entries(qk_norm: bool) -> list:
+def transformer_entries(cfg) -> list:
+  """The conversion table: our state path -> diffusers name, for the model `cfg` describes."""
+  qk_norm, depth = bool(cfg.qk_norm), int(cfg.depth)
   top = [
       (("patch_embed", "kernel"), "patch_embed.proj.weight", "conv"),
       (("patch_embed", "bias"), "patch_embed.proj.bias", "vector"),
@@ -93,55 +67,8 @@ def _entries(qk_norm: bool) -> list:
     for attn, theirs in (("attn", "attn1"), ("cross_attn", "attn2")):
       for n in ("q", "k"):
         blk.append(((attn, f"norm_{n}", "weight"), f"{theirs}.norm_{n}.weight", "vector"))
-  return ([_Entry(o, t, k, False) for o, t, k in top] +
-          [_Entry(("blocks",) + o, "transformer_blocks.{i}." + t, k, True) for o, t, k in blk])
-
-
-# ----------------------------------------------------------------------------- tensor sources
-class TensorSource:
-  """Lazy name -> tensor access over a checkpoint; `get` returns a numpy or jax array."""
-
-  def __init__(self, names: Iterable[str], getter: Callable, shapes: Mapping[str, tuple]):
-    self.names = set(names)
-    self._get = getter
-    self.shapes = dict(shapes)
-
-  def get(self, name):
-    return self._get(name)
-
-
-def safetensors_source(files: list) -> TensorSource:
-  """Reads tensors lazily from one or more .safetensors files (bf16 stays bf16, via jax arrays)."""
-  from safetensors import safe_open
-  where, shapes = {}, {}
-  for f in files:
-    with safe_open(f, framework="flax") as h:
-      for k in h.keys():
-        where[k] = f
-        shapes[k] = tuple(h.get_slice(k).get_shape())
-
-  def get(name):
-    with safe_open(where[name], framework="flax") as h:
-      return h.get_tensor(name)
-
-  return TensorSource(where, get, shapes)
-
-
-def torch_to_numpy(t):
-  """A torch tensor as numpy without changing its dtype (bf16 becomes ml_dtypes.bfloat16)."""
-  import torch
-  t = t.detach().cpu()
-  if t.dtype == torch.bfloat16:
-    return t.view(torch.int16).numpy().view(jnp.bfloat16)
-  return t.numpy()
-
-
-def dict_source(tensors: Mapping) -> TensorSource:
-  """A source over an in-memory mapping of numpy/torch tensors."""
-  def get(name):
-    v = tensors[name]
-    return v if isinstance(v, (np.ndarray, jax.Array)) else torch_to_numpy(v)
-  return TensorSource(tensors.keys(), get, {k: tuple(v.shape) for k, v in tensors.items()})
+  return ([Entry(o, t, k) for o, t, k in top] +
+          [Entry(("blocks",) + o, "transformer_blocks.{i}." + t, k, depth) for o, t, k in blk])
 
 
 # ----------------------------------------------------------------------------- NVlabs names
@@ -193,7 +120,7 @@ _NVLABS_PREFIXES = ("model.diffusion_model.", "module.", "model.")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-def nvlabs_source(state: Mapping) -> tuple:
+def nvlabs_source(state: Mapping, where: str = "an NVlabs state dict") -> tuple:
   """Wraps an NVlabs state dict as a diffusers-named lazy source.
 
   Returns (source, extras) where extras holds the dropped tensors worth keeping
@@ -208,7 +135,7 @@ def nvlabs_source(state: Mapping) -> tuple:
     shape = tuple(tensor.shape)
     if key in _NVLABS_DROPPED:
       if key == "y_embedder.y_embedding":
-        extras["y_embedding"] = torch_to_numpy(tensor) if not isinstance(tensor, np.ndarray) else tensor
+        extras["y_embedding"] = tensor  # read when the model is built
       continue
     if key in _NVLABS_TOP:
       getters[_NVLABS_TOP[key]] = (key, None, None)
@@ -234,37 +161,7 @@ def nvlabs_source(state: Mapping) -> tuple:
     return t if lo is None else t[lo:hi]
 
   extras["unknown"] = unknown
-  return TensorSource(getters, get, shapes), extras
-
-
-def diffusers_to_nvlabs(tensors: Mapping) -> dict:
-  """Renames and fuses a diffusers state dict into NVlabs names (the inverse of `nvlabs_source`)."""
-  inv_top = {v: k for k, v in _NVLABS_TOP.items()}
-  inv_block = {v: k for k, v in _NVLABS_BLOCK.items()}
-  out, fused = {}, {}
-  for name, t in tensors.items():
-    if name in inv_top:
-      out[inv_top[name]] = t
-      continue
-    m = re.match(r"^transformer_blocks\.(\d+)\.(.+)$", name)
-    if m is None:
-      raise CheckpointError(f"not a SANA transformer tensor: {name}")
-    i, rest = m.groups()
-    if rest in inv_block:
-      out[f"blocks.{i}.{inv_block[rest]}"] = t
-    else:
-      for nv, parts in _NVLABS_FUSED.items():
-        if rest in parts:
-          fused.setdefault(f"blocks.{i}.{nv}", [None] * len(parts))[parts.index(rest)] = t
-  for key, parts in fused.items():
-    cat = (np.concatenate if isinstance(parts[0], np.ndarray) else _torch_cat)
-    out[key] = cat(parts, 0)
-  return out
-
-
-def _torch_cat(parts, axis):
-  import torch
-  return torch.cat(parts, axis)
+  return TensorSource(getters, get, shapes, component=COMPONENT, where=where), extras
 
 
 # ----------------------------------------------------------------------------- state <-> tensors
@@ -276,73 +173,34 @@ def _depth_of(names) -> int:
 def validate_source(source: TensorSource, cfg) -> list:
   """Checks every name and shape of a diffusers-named source against the model `cfg` describes.
 
-  Returns the mapping entries; all problems are gathered and raised together as one CheckpointError.
-  Only shapes are read, so this also checks a 4.8B checkpoint layout without loading it.
+  Returns the table; all problems are raised together as one CheckpointError. Only shapes are
+  read, so this also checks a 4.8B checkpoint layout without loading it.
   """
-  flat_target = dict(nnx.to_flat_state(nnx.state(abstract_transformer(cfg), nnx.Param)))
-  entries = _entries(cfg.qk_norm)
-  depth = cfg.depth
-  missing, misshaped, wanted = [], [], set()
-  for e in entries:
-    names = [e.theirs.format(i=i) for i in range(depth)] if e.in_block else [e.theirs]
-    want = flat_target[e.ours].shape
-    per_shape = want[1:] if e.in_block else want
-    torch_shape = _KINDS[e.kind][1](np.empty(per_shape, np.int8)).shape
-    for n in names:
-      wanted.add(n)
-      if n not in source.names:
-        missing.append(n)
-      elif tuple(source.shapes[n]) != tuple(torch_shape):
-        misshaped.append(f"{n}: checkpoint {tuple(source.shapes[n])}, model expects {tuple(torch_shape)}")
-  unexpected = sorted(source.names - wanted)
-  if missing or misshaped or unexpected:
-    lines = [f"checkpoint does not match the {cfg.name} transformer (depth {depth}, "
-             f"qk_norm={cfg.qk_norm}, hidden_size {cfg.hidden_size}):"]
-    ckpt_depth = _depth_of(source.names)
-    if ckpt_depth and ckpt_depth != depth:
-      lines.append(f"  the checkpoint has {ckpt_depth} blocks, the config {depth}")
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
-      if items:
-        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:40]) +
-                     (" ..." if len(items) > 40 else ""))
-    raise CheckpointError("\n".join(lines))
+  entries = transformer_entries(cfg)
+  notes = [f"config {cfg.name}: depth {cfg.depth}, qk_norm={cfg.qk_norm}, hidden_size {cfg.hidden_size}"]
+  ckpt_depth = _depth_of(source.names)
+  if ckpt_depth and ckpt_depth != cfg.depth:
+    notes.append(f"the checkpoint has {ckpt_depth} blocks, the config {cfg.depth}")
+  check_names(source.component, source.where,
+              expected_shapes(entries, _target(cfg)), source.shapes, notes)
   return entries
 
 
+def _target(cfg):
+  return flat_target(nnx.state(abstract_transformer(cfg), nnx.Param))
+
+
 def state_from_source(source: TensorSource, cfg, dtype=jnp.float32) -> nnx.State:
-  """Builds the model's parameter state from diffusers-named tensors, after `validate_source`.
-
-  Tensors are read, transposed and cast one at a time; block tensors are stacked per parameter.
-  """
-  entries = validate_source(source, cfg)
-  flat_target = dict(nnx.to_flat_state(nnx.state(abstract_transformer(cfg), nnx.Param)))
-  depth = cfg.depth
-
-  def load(name, kind):
-    return jnp.asarray(_KINDS[kind][0](source.get(name)), dtype=dtype)
-
-  flat = {}
-  for e in entries:
-    if e.in_block:
-      flat[e.ours] = jnp.stack([load(e.theirs.format(i=i), e.kind) for i in range(depth)])
-    else:
-      flat[e.ours] = load(e.theirs, e.kind)
-  return nnx.from_flat_state({p: v.replace(flat[p]) for p, v in flat_target.items()})
+  """The model's parameter state from diffusers-named tensors, after `validate_source`; tensors
+  are read, transposed and cast one at a time, block tensors stacked per parameter."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.param_dtype = cfg.dtype = jnp.dtype(dtype).name
+  return fill_state(validate_source(source, cfg), _target(cfg), source)
 
 
 def state_to_tensors(model: SanaTransformer) -> dict:
   """Our parameters as a diffusers-named dict of numpy arrays in PyTorch layout."""
-  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  out = {}
-  for e in _entries(model.cfg.qk_norm):
-    arr = np.asarray(flat[e.ours][...])
-    to_torch = _KINDS[e.kind][1]
-    if e.in_block:
-      for i in range(arr.shape[0]):
-        out[e.theirs.format(i=i)] = np.ascontiguousarray(to_torch(arr[i]))
-    else:
-      out[e.theirs] = np.ascontiguousarray(to_torch(arr))
-  return out
+  return export_tensors(transformer_entries(model.cfg), nnx.state(model, nnx.Param))
 
 
 def model_from_state(cfg, state) -> SanaTransformer:

@@ -50,6 +50,23 @@ def nearest_bucket(height: int, width: int, table: dict) -> str:
   return min(table, key=lambda key: abs(float(key) - ratio))
 
 
+def bucket_table(data_cfg) -> dict[str, tuple[int, int]]:
+  """The (height, width) buckets training uses: one square bucket unless data_cfg.multi_scale."""
+  if data_cfg.multi_scale:
+    return scale_table(data_cfg.image_size, data_cfg.size_multiple)
+  return {"1.0": (data_cfg.image_size, data_cfg.image_size)}
+
+
+def assign_buckets(source, data_cfg) -> tuple[dict, np.ndarray]:
+  """(bucket_table(data_cfg), bucket index [N] into its keys for each example of `source`): the
+  nearest ratio with multi_scale (from `source.image_sizes()`), else the one bucket."""
+  table = bucket_table(data_cfg)
+  if not data_cfg.multi_scale:
+    return table, np.zeros(len(source), np.int64)
+  keys = list(table)
+  return table, np.asarray([keys.index(nearest_bucket(h, w, table)) for h, w in source.image_sizes()], np.int64)
+
+
 def batch_plan(bucket_ids: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
   """One epoch's batches [num_batches, batch_size] of example indices, each batch from one bucket.
 

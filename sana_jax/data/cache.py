@@ -92,14 +92,9 @@ def deserialize_record(data: bytes, storage_dtype: str) -> dict:
 
 def plan_buckets(source, data_cfg) -> list[tuple[str, tuple[int, int], np.ndarray]]:
   """[(bucket key, (height, width), source indices in order)] for the buckets that hold examples:
-  the pipeline's table (`pipeline.bucket_table`), images assigned to the nearest ratio."""
-  from sana_jax.data.pipeline import bucket_table
-  table = bucket_table(data_cfg)
+  the training table (`buckets.bucket_table`), images assigned to the nearest ratio."""
+  table, ids = buckets.assign_buckets(source, data_cfg)
   keys = list(table)
-  if data_cfg.multi_scale:
-    ids = np.asarray([keys.index(buckets.nearest_bucket(h, w, table)) for h, w in source.image_sizes()])
-  else:
-    ids = np.zeros(len(source), np.int64)
   return [(keys[b], tuple(int(s) for s in table[keys[b]]), np.flatnonzero(ids == b)) for b in np.unique(ids)]
 
 

@@ -75,13 +75,6 @@ def build_source(cfg: ml_collections.ConfigDict):
   raise ValueError(f"unknown data.name {cfg.name!r}; choose one of {SOURCES}")
 
 
-def bucket_table(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
-  """The (height, width) buckets training uses: one square bucket unless cfg.multi_scale."""
-  if cfg.multi_scale:
-    return buckets.scale_table(cfg.image_size, cfg.size_multiple)
-  return {"1.0": (cfg.image_size, cfg.image_size)}
-
-
 class _BatchLoader:
   """Global batch number -> this host's numpy batch. Plans are cached per epoch (thread-safe)."""
 
@@ -160,13 +153,9 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, global_batch_size: int, se
   if hasattr(source, "bucket_ids"):  # the latent cache fixed its buckets when it was written
     keys, sizes, bucket_ids = source.bucket_keys(), source.bucket_sizes(), source.bucket_ids()
   else:
-    table = bucket_table(data_cfg)
+    table, bucket_ids = buckets.assign_buckets(source, data_cfg)
     keys = list(table)
     sizes = np.asarray([table[k] for k in keys], np.int64)  # [num_buckets, 2]
-    if data_cfg.multi_scale:
-      bucket_ids = np.asarray([keys.index(buckets.nearest_bucket(h, w, table)) for h, w in source.image_sizes()])
-    else:
-      bucket_ids = np.zeros(len(source), np.int64)
   loader = _BatchLoader(source, sizes, bucket_ids, global_batch_size, seed, shard_index, shard_count)
   num_batches = sys.maxsize if data_cfg.num_epochs is None else data_cfg.num_epochs * loader.batches_per_epoch
   log.info("data: %r, %d batches of %d per epoch, buckets used: %s", source, loader.batches_per_epoch,

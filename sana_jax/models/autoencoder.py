@@ -2,7 +2,7 @@
 
 SANA's autoencoder: 32x spatial compression to 32 latent channels (Sana f32c32), built from
 ResBlocks and EfficientViT blocks (multi-scale ReLU linear attention + GLU MBConv). The module
-tree mirrors diffusers' names (`encoder.down_blocks.1.0.attn.to_q`, ...) so the loader at the bottom
+tree mirrors diffusers' names (`encoder.down_blocks.1.0.attn.to_q`, ...) so the loader (sana_jax/convert/autoencoder.py)
 maps a diffusers checkpoint one key to one variable.
 
   DCAE.encode(images [B, H, W, 3] in [-1, 1]) -> latents [B, H/f, W/f, C]   (raw, not scaled)
@@ -12,14 +12,12 @@ maps a diffusers checkpoint one key to one variable.
 """
 import dataclasses
 import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from safetensors import safe_open
+
+from sana_jax.models.layers import RMSNorm
 
 _ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -140,21 +138,6 @@ def conv(in_ch, out_ch, kernel, *, stride=1, groups=1, bias=True, dtype=jnp.floa
                   rngs=rngs)
 
 
-class RMSNorm(nnx.Module):
-  """RMSNorm over channels with weight and bias, statistics in float32."""
-
-  def __init__(self, dim, *, eps=1e-5, dtype=jnp.float32):
-    self.eps = eps
-    self.weight = nnx.Param(jnp.ones((dim,), dtype))
-    self.bias = nnx.Param(jnp.zeros((dim,), dtype))
-
-  def __call__(self, x):
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    out = x32 * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
-    return out.astype(x.dtype)
-
-
 class BatchNorm(nnx.Module):
   """Inference-mode BatchNorm2d (running statistics, kept in float32)."""
 
@@ -171,8 +154,13 @@ class BatchNorm(nnx.Module):
     return (x.astype(jnp.float32) * scale + shift).astype(x.dtype)
 
 
+def _rms_norm(dim, dtype):
+  """DC-AE's RMSNorm over channels: weight and bias, eps 1e-5."""
+  return RMSNorm(dim, eps=1e-5, param_dtype=dtype, bias=True)
+
+
 def make_norm(norm_type, dim, *, dtype=jnp.float32):
-  return RMSNorm(dim, dtype=dtype) if norm_type == "rms_norm" else BatchNorm(dim, dtype=dtype)
+  return _rms_norm(dim, dtype) if norm_type == "rms_norm" else BatchNorm(dim, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +252,7 @@ class GLUMBConv(nnx.Module):
     self.conv_inverted = conv(channels, 2 * hidden, 1, dtype=dtype, rngs=rngs)
     self.conv_depth = conv(2 * hidden, 2 * hidden, 3, groups=2 * hidden, dtype=dtype, rngs=rngs)
     self.conv_point = conv(hidden, channels, 1, bias=False, dtype=dtype, rngs=rngs)
-    self.norm = RMSNorm(channels, dtype=dtype)
+    self.norm = _rms_norm(channels, dtype)
 
   def __call__(self, x):
     y = self.conv_depth(jax.nn.silu(self.conv_inverted(x)))
@@ -395,7 +383,7 @@ class Decoder(nnx.Module):
       stages.append(nnx.List(stage))
     self.up_blocks = nnx.List(stages)  # index = stage, run deepest first
     width = ch[0] if layers[0] > 0 else ch[1]
-    self.norm_out = RMSNorm(width, dtype=dtype)
+    self.norm_out = _rms_norm(width, dtype)
     self.act = _ACTIVATIONS[cfg.decoder_conv_act_fn]
     if layers[0] > 0:
       self.conv_out = conv(width, cfg.in_channels, 3, dtype=dtype, rngs=rngs)
@@ -514,87 +502,3 @@ class DCAE(nnx.Module):
     stride = tile_size - overlap
     apply = functools.partial(_encode_tile, graphdef, state)
     return _tiled(images.astype(self.dtype), apply, tile_size, stride, overlap // f, stride // f)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading a diffusers `AutoencoderDC` folder (config.json + safetensors).
-
-
-def _torch_key(path):
-  return ".".join("weight" if p == "kernel" else str(p) for p in path)
-
-
-def _from_torch(path, array):
-  """PyTorch layout -> ours: conv [O, I/g, kh, kw] -> [kh, kw, I/g, O], linear [O, I] -> [I, O]."""
-  if path[-1] == "kernel":
-    return array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T
-  return array
-
-
-def _torch_shape(path, shape):
-  if path[-1] == "kernel":
-    return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(shape[::-1])
-  return tuple(shape)
-
-
-def torch_state_shapes(module):
-  """{diffusers state-dict name: PyTorch shape} that `module` expects (works on nnx.eval_shape)."""
-  return {_torch_key(path): _torch_shape(path, var.get_value().shape)
-          for path, var in nnx.to_flat_state(nnx.state(module))}
-
-
-def assign_torch_weights(module, tensors):
-  """Fill `module` (concrete or from nnx.eval_shape) from a {diffusers name: numpy array} dict.
-
-  Every variable must be present with the right shape and no extra names may remain
-  (BatchNorm's num_batches_tracked is ignored); otherwise one ValueError lists every problem.
-  Returns the filled module.
-  """
-  expected = torch_state_shapes(module)
-  missing = sorted(k for k in expected if k not in tensors)
-  unexpected = sorted(k for k in tensors
-                      if k not in expected and not k.endswith("num_batches_tracked"))
-  misshaped = [f"{k}: checkpoint {tuple(tensors[k].shape)}, model {shape}"
-               for k, shape in expected.items() if k in tensors and tuple(tensors[k].shape) != shape]
-  if missing or unexpected or misshaped:
-    raise ValueError("checkpoint does not match the AutoencoderDC config:\n"
-                     f"  missing keys ({len(missing)}): {missing}\n"
-                     f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
-                     f"  mis-shaped keys ({len(misshaped)}): {misshaped}")
-  graphdef, state = nnx.split(module)
-  for path, var in nnx.to_flat_state(state):
-    array = _from_torch(path, tensors[_torch_key(path)])
-    var.set_value(jnp.asarray(np.ascontiguousarray(array), dtype=var.get_value().dtype))
-  return nnx.merge(graphdef, state)
-
-
-def _safetensors_files(path):
-  index = os.path.join(path, "diffusion_pytorch_model.safetensors.index.json")
-  if os.path.exists(index):
-    with open(index) as f:
-      names = sorted(set(json.load(f)["weight_map"].values()))
-    return [os.path.join(path, n) for n in names]
-  single = os.path.join(path, "diffusion_pytorch_model.safetensors")
-  if os.path.exists(single):
-    return [single]
-  raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors (or its index) in {path}; "
-                          f"found {sorted(os.listdir(path))}")
-
-
-def load_autoencoder(path, dtype=jnp.float32):
-  """A `DCAE` from a diffusers AutoencoderDC folder (e.g. a Sana pipeline's `vae/`), weights in dtype."""
-  config_path = os.path.join(path, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{path} is not a diffusers AutoencoderDC folder: no config.json")
-  with open(config_path) as f:
-    raw = json.load(f)
-  if raw.get("_class_name", "AutoencoderDC") != "AutoencoderDC":
-    raise ValueError(f"{config_path} describes a {raw['_class_name']}, not an AutoencoderDC")
-  config = DCAEConfig.from_dict(raw)
-  model = nnx.eval_shape(lambda: DCAE(config, dtype=dtype, rngs=nnx.Rngs(0)))
-  tensors = {}
-  for file in _safetensors_files(path):
-    with safe_open(file, framework="numpy") as f:
-      for key in f.keys():
-        tensors[key] = f.get_tensor(key)
-  return assign_torch_weights(model, tensors)

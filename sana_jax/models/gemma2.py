@@ -1,4 +1,4 @@
-"""Gemma-2 decoder stack (SANA's text encoder) in Flax NNX, and its loader from a transformers folder.
+"""Gemma-2 decoder stack (SANA's text encoder) in Flax NNX (loaded by sana_jax/convert/gemma2.py).
 
 SANA conditions on the last hidden state of Gemma-2-2B-IT (after the final norm); the LM head is
 never used, so it is not built. Numerics follow transformers' `Gemma2Model` with eager attention:
@@ -7,17 +7,14 @@ embeddings are scaled by sqrt(hidden) in the parameter dtype, every RMSNorm runs
 The decoder layers are stacked on a leading layer axis and run with `nnx.scan`, so one layer is
 compiled whatever the depth; sliding-window vs. global attention is a per-layer flag scanned along.
 """
-import contextlib
 import dataclasses
-import json
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from safetensors import safe_open
+
+from sana_jax.models.layers import RMSNorm
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -96,19 +93,6 @@ class Gemma2Config:
     )
 
 
-class RMSNorm(nnx.Module):
-  """Gemma's RMSNorm: float32 statistics and a zero-centred gain `(1 + w)`, cast back at the end."""
-
-  def __init__(self, dim: int, eps: float, dtype):
-    self.weight = nnx.Param(jnp.zeros((dim,), dtype))
-    self.eps = eps
-
-  def __call__(self, x):
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
-
-
 def _rotate_half(x):
   half = x.shape[-1] // 2
   return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
@@ -179,7 +163,7 @@ class DecoderLayer(nnx.Module):
   """Sandwich-normed block: x + post_norm(attn(pre_norm x)), then the same around the MLP."""
 
   def __init__(self, cfg: Gemma2Config, dtype, rngs: nnx.Rngs):
-    norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+    norm = lambda: RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=dtype, zero_centered=True)
     self.input_layernorm = norm()
     self.self_attn = Attention(cfg, dtype, rngs)
     self.post_attention_layernorm = norm()
@@ -207,7 +191,7 @@ class Gemma2Model(nnx.Module):
       return DecoderLayer(config, dtype, layer_rngs)
 
     self.layers = make_layers(rngs)  # every parameter has a leading [num_hidden_layers] axis
-    self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=dtype, zero_centered=True)
 
   def __call__(self, input_ids, attention_mask=None):
     """input_ids: [B, L] int; attention_mask: [B, L], 1 = real token (right or left padding)."""
@@ -230,87 +214,3 @@ class Gemma2Model(nnx.Module):
 
     x = nnx.scan(run_layer, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)(x, self.layers, sliding)
     return self.norm(x)
-
-
-def _checkpoint_files(path: Path) -> list[Path]:
-  index = path / "model.safetensors.index.json"
-  if index.exists():
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    return [path / s for s in shards]
-  single = path / "model.safetensors"
-  if single.exists():
-    return [single]
-  raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
-
-
-def _torch_name(path: tuple, layer: int | None) -> str:
-  """Our state path -> transformers key: ('layers', 'mlp', 'up_proj', 'kernel'), 3 -> layers.3.mlp.up_proj.weight."""
-  parts = [str(p) for p in path[:-1]]
-  if layer is not None:
-    parts.insert(1, str(layer))
-  return ".".join(parts) + ".weight"
-
-
-def _describe(kind: str, items: list[str], limit: int = 20) -> str:
-  shown = "\n    ".join(items[:limit])
-  more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
-  return f"  {kind} ({len(items)}):\n    {shown}{more}"
-
-
-def load_gemma2(path, dtype=jnp.float32) -> Gemma2Model:
-  """Builds a `Gemma2Model` from a transformers folder (config.json + safetensors, single or sharded).
-
-  Accepts the `Gemma2Model` layout and the `Gemma2ForCausalLM` one (keys prefixed `model.`; its
-  `lm_head.weight` is ignored). Any missing, unexpected or mis-shaped tensor fails with one error
-  that lists them all. Linear weights are transposed to [in, features]; layers are stacked.
-  """
-  path = Path(path)
-  config_file = path / "config.json"
-  if not config_file.exists():
-    raise FileNotFoundError(f"no config.json in {path}")
-  config = Gemma2Config.from_hf_dict(json.loads(config_file.read_text()))
-
-  with contextlib.ExitStack() as stack:
-    handles = [stack.enter_context(safe_open(str(f), framework="numpy")) for f in _checkpoint_files(path)]
-    where = {key: h for h in handles for key in h.keys()}
-    return _build(config, dtype, where, path)
-
-
-def _build(config: Gemma2Config, dtype, where: dict, path: Path) -> Gemma2Model:
-  """Checks every tensor name and shape against the model, then fills its state from `where`."""
-  prefix = "model." if where and all(k.startswith("model.") or k == "lm_head.weight" for k in where) else ""
-  available = {k[len(prefix):]: k for k in where if k.startswith(prefix) and k != "lm_head.weight"}
-
-  abstract = nnx.eval_shape(lambda: Gemma2Model(config, dtype=dtype, rngs=nnx.Rngs(0)))
-  graphdef, abstract_state = nnx.split(abstract)
-  plan, expected, missing, misshaped = [], set(), [], []
-  for state_path, var in nnx.to_flat_state(abstract_state):
-    stacked = state_path[0] == "layers"
-    layers = range(config.num_hidden_layers) if stacked else [None]
-    per_layer = var.shape[1:] if stacked else var.shape
-    transpose = state_path[-1] == "kernel"
-    torch_shape = tuple(reversed(per_layer)) if transpose else tuple(per_layer)
-    names = [_torch_name(state_path, i) for i in layers]
-    expected.update(names)
-    for name in names:
-      if name not in available:
-        missing.append(name)
-        continue
-      shape = tuple(where[available[name]].get_slice(available[name]).get_shape())
-      if shape != torch_shape:
-        misshaped.append(f"{prefix}{name}: checkpoint {shape}, expected {torch_shape}")
-    plan.append((state_path, var, names, stacked, transpose))
-  unexpected = sorted(prefix + k for k in set(available) - expected)
-  if missing or unexpected or misshaped:
-    report = [_describe(kind, items) for kind, items in
-              (("missing", [prefix + m for m in missing]), ("unexpected", unexpected),
-               ("wrong shape", misshaped)) if items]
-    raise ValueError(f"checkpoint {path} does not match the Gemma-2 config:\n" + "\n".join(report))
-
-  flat = []
-  for state_path, var, names, stacked, transpose in plan:
-    arrays = [where[available[n]].get_tensor(available[n]) for n in names]
-    arrays = [a.T if transpose else a for a in arrays]
-    value = np.stack(arrays) if stacked else arrays[0]
-    flat.append((state_path, var.replace(jnp.asarray(value, dtype=dtype))))
-  return nnx.merge(graphdef, nnx.from_flat_state(flat))

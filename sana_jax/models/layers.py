@@ -1,4 +1,4 @@
-"""Small building blocks shared by the SANA transformer: norms, embeddings, logical-axis helpers."""
+"""Small building blocks shared by the models: the RMSNorm, embeddings, logical-axis helpers."""
 import math
 
 import jax
@@ -27,18 +27,30 @@ def dense(in_features, out_features, names, *, use_bias=True, dtype, param_dtype
 
 
 class RMSNorm(nnx.Module):
-  """Weight-only RMSNorm over the last axis, statistics in float32 (diffusers/NVlabs semantics)."""
+  """RMSNorm over the last axis: float32 statistics, the result cast back to the input dtype.
 
-  def __init__(self, dim, *, eps, name, param_dtype, init_value=1.0):
+  The one norm of every model here: SANA's weight-only norm (diffusers / NVlabs), Gemma's
+  zero-centred gain `(1 + w)` (`zero_centered=True`, weight starting at 0) and DC-AE's affine norm
+  (`bias=True`). name: the logical axis of the weight for sharding rules, or None.
+  """
+
+  def __init__(self, dim, *, eps, param_dtype=jnp.float32, name=None, zero_centered=False, bias=False,
+               init_value=None):
     self.eps = eps
-    self.weight = nnx.Param(jnp.full((dim,), init_value, param_dtype), out_sharding=(name,),
-                            eager_sharding=False)
+    self.zero_centered = zero_centered
+    init_value = (0.0 if zero_centered else 1.0) if init_value is None else init_value
+    sharding = dict(out_sharding=(name,), eager_sharding=False) if name else {}
+    self.weight = nnx.Param(jnp.full((dim,), init_value, param_dtype), **sharding)
+    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), **sharding) if bias else None
 
   def __call__(self, x):
-    dtype = x.dtype
     x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return (x32 * self.weight[...].astype(jnp.float32)).astype(dtype)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    gain = self.weight[...].astype(jnp.float32)
+    y = y * (1.0 + gain if self.zero_centered else gain)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
 
 
 def layer_norm(x, eps):

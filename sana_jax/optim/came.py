@@ -1,4 +1,4 @@
-"""CAME (Luo et al. 2023) and NVlabs's CAME-8bit as optax transforms (SANA_REFERENCE.md section 8).
+"""CAME (Luo et al. 2023) and NVlabs's CAME-8bit as optax transforms (docs/architecture.md).
 
 Per parameter, with u = g^2 + eps1 and no bias correction:
   matrices (Linear [in, out], 1x1 conv [1, 1, in, out]):

@@ -15,19 +15,16 @@ When the number of images divides over the local devices, latents, text and deco
 the batch axis over all of them (parameters replicated), so a TPU host uses every chip; after
 `enable_sequence_parallel()` a batch that does not (one 4K image) has its tokens split over them.
 
-`convert_pipeline(src, dst)` writes our export of a diffusers folder: `sana_pipeline.json` (format
-tag, scheduler config, component configs) + Orbax `transformer/`, `text_encoder/`, `vae/` and the
-tokenizer files, so loading needs no PyTorch.
+Loading and writing every pipeline format lives in sana_jax/convert/pipeline.py: `convert_pipeline(src,
+dst, to="sana_jax")` writes our export (Orbax, loads without PyTorch), `to="diffusers"` a folder that
+diffusers' SanaPipeline reads.
 """
 import contextlib
 import dataclasses
 import functools
-import json
 import math
-import os
-import shutil
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,17 +32,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sana_jax.convert.checkpoints import load_transformer, save_transformer
-from sana_jax.data.buckets import scale_table
-from sana_jax.models.autoencoder import DCAE, DCAEConfig, load_autoencoder
-from sana_jax.models.gemma2 import Gemma2Config, Gemma2Model
+from sana_jax.convert.pipeline import convert_pipeline, pipeline_parts
+from sana_jax.data.buckets import nearest_bucket, scale_table
 from sana_jax.models.transformer import SanaTransformer
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling.schedulers import SAMPLERS, scheduler_from_config
-from sana_jax.sampling.text_encoding import CHI_DEFAULT, PromptEncoder
+from sana_jax.sampling.text_encoding import CHI_DEFAULT
 
-PIPELINE_META = "sana_pipeline.json"
-FORMAT_TAG = "sana_jax.pipeline.v1"
+__all__ = ["SanaPipeline", "SanaPipelineOutput", "aspect_ratio_table", "classify_height_width_bin",
+           "convert_pipeline", "resize_and_crop", "to_pil"]
 OUTPUT_TYPES = ("pil", "np", "latent")
 
 # ----------------------------------------------------------------------------- resolution binning
@@ -70,9 +65,7 @@ def aspect_ratio_table(sample_size: int) -> dict[str, tuple[int, int]]:
 
 def classify_height_width_bin(height: int, width: int, table: dict) -> tuple[int, int]:
   """The (height, width) of the bucket whose ratio is nearest height / width (first on ties)."""
-  ratio = height / width
-  key = min(table, key=lambda k: abs(float(k) - ratio))
-  return tuple(int(s) for s in table[key])
+  return tuple(int(s) for s in table[nearest_bucket(height, width, table)])
 
 
 def resize_and_crop(images, height: int, width: int):
@@ -178,24 +171,12 @@ class SanaPipeline:
 
   # --------------------------------------------------------------------------- loading
   @classmethod
-  def from_pretrained(cls, path, dtype=jnp.float32) -> "SanaPipeline":
+  def from_pretrained(cls, path, dtype=jnp.float32, variant: str | None = None) -> "SanaPipeline":
     """Loads a diffusers Sana pipeline folder (model_index.json, transformer/, vae/, text_encoder/,
-    tokenizer/, scheduler/) or a folder written by `convert_pipeline`; weights and compute in dtype."""
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, PIPELINE_META)):
-      return _load_export(path, dtype)
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-      raise FileNotFoundError(f"{path} is neither a diffusers pipeline folder (no model_index.json) "
-                              f"nor a sana_jax pipeline export (no {PIPELINE_META})")
-    _check_model_index(path)
-    with open(os.path.join(path, "transformer", "config.json")) as f:
-      timestep_scale = json.load(f).get("timestep_scale", 1.0)
-    return cls(transformer=load_transformer(os.path.join(path, "transformer"), dtype=dtype),
-               vae=load_autoencoder(os.path.join(path, "vae"), dtype=dtype),
-               text_encoder=PromptEncoder.from_pretrained(os.path.join(path, "text_encoder"),
-                                                          os.path.join(path, "tokenizer"), dtype=dtype),
-               scheduler_config=_read_scheduler_config(path), timestep_scale=timestep_scale)
+    tokenizer/, scheduler/), our export (`convert_pipeline`) or a training workdir; weights and
+    compute in dtype. variant: diffusers' weight variant ("bf16" reads *.bf16.safetensors)."""
+    parts, _ = pipeline_parts(path, dtype=dtype, variant=variant)
+    return cls(**parts)
 
   def enable_vae_tiling(self, tile_latent_size: int = 16, overlap: int = 2):
     """Decode in overlapping latent tiles (bounded memory for 4096^2 images; `DCAE.decode_tiled`)."""
@@ -228,30 +209,30 @@ class SanaPipeline:
     without guidance. Each prompt's rows are repeated n times in a row (p0, p0, p1, p1, ...)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     text, mask = self.text_encoder.encode(prompts, complex_human_instruction, max_sequence_length)
-    repeat = functools.partial(jnp.repeat, repeats=num_images_per_prompt, axis=0)
-    if not guided:
-      return repeat(text), repeat(mask), None, None
-    neg_text, neg_mask = self.text_encoder.encode_negative(negative_prompt, len(prompts), max_sequence_length)
-    return repeat(text), repeat(mask), repeat(neg_text), repeat(neg_mask)
+    return self._embeddings(text, mask, negative_prompt, None, None, num_images_per_prompt, guided)
 
-  def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] = "",
+  def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] = "",
                height: int = 1024, width: int = 1024, num_inference_steps: int = 20,
                guidance_scale: float = 4.5, latents=None, seed: int = 0, num_images_per_prompt: int = 1,
                sampler: str | None = None, use_resolution_binning: bool = True,
                complex_human_instruction: Sequence[str] | None = CHI_DEFAULT,
                max_sequence_length: int = 300, output_type: str = "pil", return_dict: bool = True,
-               progress: bool = False):
+               progress: bool = False, *, prompt_embeds=None, prompt_attention_mask=None,
+               negative_prompt_embeds=None, negative_prompt_attention_mask=None, generator=None):
     """Generates images for `prompt` (a string or a list: one batch), diffusers' arguments.
 
     latents: initial noise, NHWC [B * num_images_per_prompt, height/f, width/f, C]; drawn from
-      `jax.random.key(seed)` when None. sampler: "flow_dpm_solver" | "flow_euler"; None uses the
-      scheduler config's. complex_human_instruction: SANA's default; None disables it.
+      `generator` (a seed or a JAX key; default `jax.random.key(seed)`) when None.
+    prompt_embeds [B, L, C] + prompt_attention_mask [B, L]: instead of `prompt`, as diffusers takes
+      them; negative_prompt_embeds / negative_prompt_attention_mask likewise instead of
+      `negative_prompt` (which is otherwise encoded at length L).
+    sampler: "flow_dpm_solver" | "flow_euler"; None uses the scheduler config's.
+    complex_human_instruction: SANA's default; None disables it.
     output_type: "pil" (list of PIL images), "np" (float32 [B, H, W, 3] in [0, 1]) or "latent".
     Returns a `SanaPipelineOutput`, or the images themselves with return_dict=False.
     progress: show a tqdm bar over the denoising steps.
     """
     start = time.perf_counter()
-    prompts = _check_prompts(prompt)
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     if sampler is not None and sampler not in SAMPLERS:
@@ -263,14 +244,19 @@ class SanaPipeline:
     if use_resolution_binning:
       height, width = classify_height_width_bin(height, width, aspect_ratio_table(self.transformer.cfg.sample_size))
     latent_hw = self._latent_size(height, width)
-    batch = len(prompts) * num_images_per_prompt
     scheduler = scheduler_from_config(self.scheduler_config, num_inference_steps, sampler)
     guided = float(guidance_scale) > 1.0
 
-    text, mask, neg_text, neg_mask = self.encode_prompt(
-        prompts, negative_prompt, num_images_per_prompt, guided, complex_human_instruction,
-        max_sequence_length)
-    latents = self._initial_latents(latents, batch, latent_hw, seed)
+    if prompt_embeds is None:
+      prompt_embeds, prompt_attention_mask = self.text_encoder.encode(
+          _check_prompts(prompt), complex_human_instruction, max_sequence_length)
+    elif prompt is not None:
+      raise ValueError("pass either prompt or prompt_embeds, not both")
+    text, mask, neg_text, neg_mask = self._embeddings(
+        prompt_embeds, prompt_attention_mask, negative_prompt, negative_prompt_embeds,
+        negative_prompt_attention_mask, num_images_per_prompt, guided)
+    batch = text.shape[0]
+    latents = self._initial_latents(latents, batch, latent_hw, _noise_key(generator, seed))
     jax.block_until_ready((text, neg_text))
     t_text = time.perf_counter()
 
@@ -322,10 +308,32 @@ class SanaPipeline:
                        f"got {height}x{width}")
     return height // self.vae_scale_factor, width // self.vae_scale_factor
 
-  def _initial_latents(self, latents, batch, latent_hw, seed):
+  def _embeddings(self, embeds, mask, negative_prompt, neg_embeds, neg_mask, n, guided):
+    """Prompt embeddings checked, the negatives encoded at their length unless given, each row
+    repeated n times (p0, p0, p1, p1, ...); negatives are None without guidance."""
+    if mask is None:
+      raise ValueError("prompt_embeds needs prompt_attention_mask ([B, L], 1 = real token)")
+    embeds, mask = jnp.asarray(embeds), jnp.asarray(mask)
+    if embeds.ndim != 3 or mask.shape != embeds.shape[:2]:
+      raise ValueError(f"prompt_embeds must be [B, L, C] with prompt_attention_mask [B, L], got "
+                       f"{embeds.shape} and {mask.shape}")
+    repeat = functools.partial(jnp.repeat, repeats=n, axis=0)
+    if not guided:
+      return repeat(embeds), repeat(mask), None, None
+    if neg_embeds is None:
+      neg_embeds, neg_mask = self.text_encoder.encode_negative(negative_prompt, embeds.shape[0], embeds.shape[1])
+    elif neg_mask is None:
+      raise ValueError("negative_prompt_embeds needs negative_prompt_attention_mask")
+    neg_embeds, neg_mask = jnp.asarray(neg_embeds), jnp.asarray(neg_mask)
+    if neg_embeds.shape != embeds.shape or neg_mask.shape != mask.shape:
+      raise ValueError(f"negative_prompt_embeds {neg_embeds.shape} / mask {neg_mask.shape} must match "
+                       f"prompt_embeds {embeds.shape} / mask {mask.shape}")
+    return repeat(embeds), repeat(mask), repeat(neg_embeds), repeat(neg_mask)
+
+  def _initial_latents(self, latents, batch, latent_hw, key):
     shape = (batch, *latent_hw, self.transformer.cfg.in_channels)
     if latents is None:
-      return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+      return jax.random.normal(key, shape, jnp.float32)
     latents = jnp.asarray(latents, jnp.float32)
     if latents.shape != shape:
       raise ValueError(f"latents must be NHWC {shape} (batch = prompts x num_images_per_prompt, size = "
@@ -380,79 +388,21 @@ def _compression(vae) -> int:
   raise ValueError(f"{type(vae).__name__} has no spatial_compression_ratio: not an autoencoder")
 
 
+def _noise_key(generator, seed):
+  """A JAX key from diffusers' `generator` argument (a seed or a JAX key), else from `seed`."""
+  if generator is None:
+    return jax.random.key(seed)
+  if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+    return jax.random.key(int(generator))
+  if isinstance(generator, jax.Array) and (jnp.issubdtype(generator.dtype, jax.dtypes.prng_key) or
+                                           generator.shape == (2,)):
+    return generator
+  raise ValueError(f"generator must be a seed (int) or a JAX key, got {type(generator).__name__}; "
+                   "a torch.Generator has no JAX equivalent")
+
+
 def _check_prompts(prompt) -> list[str]:
   prompts = [prompt] if isinstance(prompt, str) else prompt
   if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
     raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
   return list(prompts)
-
-
-def _check_model_index(path):
-  with open(os.path.join(path, "model_index.json")) as f:
-    index = json.load(f)
-  missing = [c for c in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-             if not os.path.isdir(os.path.join(path, c))]
-  if missing:
-    raise FileNotFoundError(f"{path} ({index.get('_class_name')}) lacks the component folders {missing}")
-  transformer = index.get("transformer", [None, None])[1]
-  if transformer != "SanaTransformer2DModel":
-    raise ValueError(f"{path}: model_index.json names transformer {transformer!r}, expected SanaTransformer2DModel")
-
-
-def _read_scheduler_config(path):
-  with open(os.path.join(path, "scheduler", "scheduler_config.json")) as f:
-    return json.load(f)
-
-
-# ----------------------------------------------------------------------------- our export
-def _save_module(module, dst):
-  import orbax.checkpoint as ocp
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(dst), nnx.state(module), force=True)
-
-
-def _restore_module(build: Callable[[], nnx.Module], src, dtype):
-  """Builds the module abstractly, then fills it from the Orbax checkpoint at src in dtype."""
-  import orbax.checkpoint as ocp
-  graphdef, abstract = nnx.split(nnx.eval_shape(build))
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating)
-                                                       else x.dtype), abstract)
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(os.path.abspath(src), target)
-  return nnx.merge(graphdef, state)
-
-
-def convert_pipeline(src, dst, dtype=jnp.float32) -> str:
-  """Writes our export of a diffusers Sana pipeline folder (or re-exports ours) to dst, in dtype."""
-  pipe = SanaPipeline.from_pretrained(src, dtype=dtype)
-  dst = os.path.abspath(os.fspath(dst))
-  os.makedirs(dst, exist_ok=True)
-  save_transformer(pipe.transformer, os.path.join(dst, "transformer"))
-  _save_module(pipe.text_encoder.model, os.path.join(dst, "text_encoder"))
-  _save_module(pipe.vae, os.path.join(dst, "vae"))
-  tokenizer_dir = os.path.join(dst, "tokenizer")
-  shutil.rmtree(tokenizer_dir, ignore_errors=True)
-  pipe.text_encoder.tokenizer.save_pretrained(tokenizer_dir)
-  meta = {"format": FORMAT_TAG, "source": os.path.abspath(os.fspath(src)), "dtype": jnp.dtype(dtype).name,
-          "scheduler": pipe.scheduler_config, "timestep_scale": pipe.timestep_scale,
-          "text_encoder": dataclasses.asdict(pipe.text_encoder.model.config),
-          "vae": dataclasses.asdict(pipe.vae.config)}
-  with open(os.path.join(dst, PIPELINE_META), "w") as f:
-    json.dump(meta, f, indent=2)
-  return dst
-
-
-def _load_export(path, dtype):
-  from transformers import AutoTokenizer
-  with open(os.path.join(path, PIPELINE_META)) as f:
-    meta = json.load(f)
-  if meta.get("format") != FORMAT_TAG:
-    raise ValueError(f"{path}: unknown pipeline format {meta.get('format')!r}, expected {FORMAT_TAG!r}")
-  gemma_cfg, vae_cfg = Gemma2Config(**meta["text_encoder"]), DCAEConfig.from_dict(meta["vae"])
-  gemma = _restore_module(lambda: Gemma2Model(gemma_cfg, dtype=dtype, rngs=nnx.Rngs(0)),
-                          os.path.join(path, "text_encoder"), dtype)
-  vae = _restore_module(lambda: DCAE(vae_cfg, dtype=dtype, rngs=nnx.Rngs(0)), os.path.join(path, "vae"), dtype)
-  tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
-  return SanaPipeline(transformer=load_transformer(os.path.join(path, "transformer"), dtype=dtype), vae=vae,
-                      text_encoder=PromptEncoder(gemma, tokenizer), scheduler_config=meta["scheduler"],
-                      timestep_scale=meta.get("timestep_scale", 1.0))

@@ -1,4 +1,5 @@
-"""Flow-matching samplers of SANA (SANA_REFERENCE.md section 6): Flow-Euler and Flow-DPM-Solver++.
+"""Flow-matching samplers of SANA (docs/sampling.md): Flow-Euler and Flow-DPM-Solver++, and the one
+sigma shift and scheduler factory of sana_jax.
 
 Both schedulers compute their whole schedule in numpy when built, with the same arithmetic as
 diffusers' `FlowMatchEulerDiscreteScheduler` / `DPMSolverMultistepScheduler(use_flow_sigmas=True)`,
@@ -33,9 +34,13 @@ def _check_common(num_inference_steps, flow_shift, num_train_timesteps):
     raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
 
 
-def _shift(sigma, flow_shift):
-  """Moves sigma towards 1 (more noise) for flow_shift > 1 (float64 numpy, as diffusers' set_timesteps)."""
-  return flow_shift * sigma / (1 + (flow_shift - 1) * sigma)
+def shift_sigma(sigma, flow_shift):
+  """Moves sigma in [0, 1] towards 1 (more noise) for flow_shift > 1; 0 and 1 stay fixed.
+
+  The one shift of training and sampling: numpy or jax arrays, computed in their dtype with a
+  Python-float shift (as diffusers' torch code does).
+  """
+  return flow_shift * sigma / (1.0 + (flow_shift - 1.0) * sigma)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -52,11 +57,11 @@ class FlowEulerScheduler:
     n_train = np.float32(num_train_timesteps)
     # Ends of the shifted float32 training grid (diffusers' sigma_max, sigma_min), in torch's float32 order.
     ends = np.array([n_train, 1.0], np.float32) / n_train
-    ends = np.float32(flow_shift) * ends / (np.float32(1.0) + np.float32(flow_shift - 1.0) * ends)
+    ends = shift_sigma(ends, self.flow_shift)
     sigma_max, sigma_min = (float(s) for s in ends)
     sigmas = np.linspace(sigma_max * num_train_timesteps, sigma_min * num_train_timesteps,
                          num_inference_steps) / num_train_timesteps
-    sigmas = _shift(sigmas, self.flow_shift).astype(np.float32)
+    sigmas = shift_sigma(sigmas, self.flow_shift).astype(np.float32)
     self.timesteps = sigmas * n_train                            # [N] float32
     self.sigmas = np.append(sigmas, np.float32(0.0))             # [N + 1] float32, ends at 0
     self.dt = self.sigmas[1:] - self.sigmas[:-1]                 # [N] float32, negative
@@ -116,7 +121,7 @@ class FlowDPMSolverScheduler:
     self.solver_order, self.solver_type = int(solver_order), solver_type
 
     alphas = np.linspace(1.0, 1.0 / num_train_timesteps, num_inference_steps + 1)
-    sigmas = _shift(1.0 - alphas, self.flow_shift)[::-1][:-1]   # [N] float64, from ~1 down
+    sigmas = shift_sigma(1.0 - alphas, self.flow_shift)[::-1][:-1]   # [N] float64, from ~1 down
     self.timesteps = (sigmas * num_train_timesteps).astype(np.int64).astype(np.float32)  # truncated, [N]
     self.sigmas = np.append(sigmas, 0.0).astype(np.float32)     # [N + 1], ends at 0
     self.coefs = self._coefficients()                           # [N, 3] float32
@@ -193,6 +198,17 @@ _EULER_REQUIRED = dict(use_dynamic_shifting=False, invert_sigmas=False, shift_te
                        stochastic_sampling=False)
 # diffusers' defaults for the required keys where they differ from the supported value.
 _DPM_DEFAULTS = dict(use_flow_sigmas=False, prediction_type="epsilon")
+
+
+def scheduler_config(sampler: str, flow_shift: float) -> dict:
+  """The diffusers scheduler_config.json dict of SANA's sampler `sampler` with this flow shift."""
+  if sampler == "flow_euler":
+    return {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": float(flow_shift)}
+  if sampler == "flow_dpm_solver":
+    return {"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True, "flow_shift": float(flow_shift),
+            "prediction_type": "flow_prediction", "algorithm_type": "dpmsolver++", "solver_order": 2,
+            "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero"}
+  raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
 
 
 def scheduler_from_config(config: Mapping[str, Any], num_inference_steps: int, sampler: str | None = None):

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sana_jax.models.gemma2 import Gemma2Model, load_gemma2
+from sana_jax.convert.gemma2 import load_gemma2
+from sana_jax.models.gemma2 import Gemma2Model
 
 # SANA's default instruction (NVlabs SANA 1.5 configs; diffusers `SanaPipeline.__call__` default).
 CHI_DEFAULT = (

@@ -38,7 +38,7 @@ from sana_jax.models.simple_codecs import SpaceToDepthAutoencoder, WordEmbedding
 from sana_jax.optim.registry import build_optimizer, make_schedule
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling import grid
-from sana_jax.sampling.schedulers import FlowDPMSolverScheduler, FlowEulerScheduler
+from sana_jax.sampling.schedulers import scheduler_config, scheduler_from_config
 from sana_jax.training import checkpointing, distributed, host, metrics, resume, sharding, step, train_state
 
 
@@ -84,10 +84,7 @@ def encode_batch(host_batch, autoencoder, text_encoder) -> dict:
 
 
 def make_scheduler(sampling_cfg):
-  schedulers = {"flow_euler": FlowEulerScheduler, "flow_dpm_solver": FlowDPMSolverScheduler}
-  if sampling_cfg.sampler not in schedulers:
-    raise ValueError(f"unknown sampling.sampler {sampling_cfg.sampler!r}; choose from {list(schedulers)}")
-  return schedulers[sampling_cfg.sampler](sampling_cfg.num_steps, sampling_cfg.flow_shift)
+  return scheduler_from_config(scheduler_config(sampling_cfg.sampler, sampling_cfg.flow_shift), sampling_cfg.num_steps)
 
 
 def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):

@@ -1,4 +1,4 @@
-"""Rectified-flow training objective of SANA (SANA_REFERENCE.md section 5).
+"""Rectified-flow training objective of SANA (docs/architecture.md).
 
 A clean latent x0 and noise eps are mixed as x_t = (1 - sigma) x0 + sigma eps; the model sees
 timestep sigma * 1000 and must predict the velocity eps - x0. sigma is drawn on the 1000-point
@@ -11,12 +11,9 @@ embedding for the null-prompt embedding and keeps its mask, as NVlabs does.
 import jax
 import jax.numpy as jnp
 
+from sana_jax.sampling.schedulers import shift_sigma
+
 NUM_TRAIN_TIMESTEPS = 1000
-
-
-def shift_sigma(sigma, flow_shift):
-  """Moves sigma in [0, 1] towards 1 (more noise) for flow_shift > 1; 0 and 1 stay fixed."""
-  return flow_shift * sigma / (1.0 + (flow_shift - 1.0) * sigma)
 
 
 def sample_sigmas(rng, batch_size, *, flow_shift, logit_mean=0.0, logit_std=1.0):

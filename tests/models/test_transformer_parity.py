@@ -1,11 +1,9 @@
 """Our SanaTransformer against diffusers' SanaTransformer2DModel on random weights (fp32)."""
 import numpy as np
 import pytest
-import torch
 
 import sana_jax
-from sana_jax.convert.checkpoints import export_diffusers, load_transformer, save_transformer
-from sana_jax.convert.transformer import CheckpointError, diffusers_to_nvlabs
+from sana_jax.convert.checkpoints import export_diffusers, save_transformer
 from tests.models.reference import random_diffusers_transformer, reference_forward
 
 CASES = {
@@ -55,20 +53,6 @@ def test_jit_and_square_latents_match_reference(case):
   x, t, txt, mask = inputs(1, batch=3, height=8, width=8)
   ours = nnx.jit(lambda m, *a: m(*a))(model, x, t, txt, mask)
   assert_close_to_reference(ours, reference_forward(ref, x, t, txt, mask))
-
-
-def test_nvlabs_pth_loads_to_identical_outputs(case, tmp_path):
-  name, ref, folder = case
-  state = diffusers_to_nvlabs(dict(ref.state_dict()))
-  state = {"model.diffusion_model." + k: v for k, v in state.items()}
-  state["model.diffusion_model.y_embedder.y_embedding"] = torch.randn(7, 24)
-  torch.save({"state_dict": state}, tmp_path / "ckpt.pth")
-  cfg = sana_jax.load_transformer(folder).cfg
-  from_pth = sana_jax.load_transformer(tmp_path / "ckpt.pth", config=_mutable(cfg))
-  x, t, txt, mask = inputs(2)
-  np.testing.assert_array_equal(np.asarray(from_pth(x, t, txt, mask)),
-                                np.asarray(sana_jax.load_transformer(folder)(x, t, txt, mask)))
-  assert from_pth.null_caption_embedding[...].shape == (7, 24)
 
 
 def test_export_loads_back_in_diffusers(case, tmp_path):

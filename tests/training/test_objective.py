@@ -1,4 +1,4 @@
-"""The flow-matching objective against a direct numpy transcription of SANA_REFERENCE.md section 5."""
+"""The flow-matching objective against a direct numpy transcription of docs/architecture.md (objective)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

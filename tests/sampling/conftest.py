@@ -1,7 +1,9 @@
-"""A tiny random diffusers Sana pipeline folder shared by the pipeline, CLI and notebook tests."""
+"""A tiny random diffusers Sana pipeline folder shared by the pipeline, CLI and notebook tests; the tiny
+Gemma-2 / tokenizer folders for the text-encoding tests."""
 import pytest
 
-from tests.pipeline.builders import build_tiny_pipeline
+from tests.models.gemma_builders import gemma_dir, tokenizer, tokenizer_dir, torch_gemma  # noqa: F401 - fixtures
+from tests.sampling.pipeline_builders import build_tiny_pipeline
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gemma_builders import PROMPTS
+from tests.models.gemma_builders import PROMPTS
 from sana_jax.sampling.text_encoding import CHI_DEFAULT, PromptEncoder
 
 LONG_PROMPT = " ".join(["a small fluffy white cat curled up"] * 8)  # > 8 tokens: gets truncated

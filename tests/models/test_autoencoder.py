@@ -12,11 +12,10 @@ from diffusers import AutoencoderDC
 from diffusers.models.attention_processor import SanaMultiscaleLinearAttention
 from safetensors.torch import load_file, save_file
 
-from sana_jax.models.autoencoder import (DCAE, DCAEConfig, MultiscaleLinearAttention,
-                                         assign_torch_weights, load_autoencoder, pixel_shuffle,
-                                         pixel_unshuffle, torch_state_shapes)
+from sana_jax.convert.autoencoder import assign_torch_weights, load_autoencoder, torch_state_shapes
+from sana_jax.models.autoencoder import DCAE, DCAEConfig, MultiscaleLinearAttention, pixel_shuffle, pixel_unshuffle
 
-from .builders import BRANCHES_CONFIG, TINY_CONFIG, randomize_, save_tiny_vae_folder
+from tests.models.autoencoder_builders import BRANCHES_CONFIG, TINY_CONFIG, randomize_, save_tiny_vae_folder
 
 TOL = 1e-4
 
@@ -148,7 +147,7 @@ def test_checkpoint_with_missing_unexpected_and_misshaped_keys_is_rejected_with_
   message = str(err.value)
   assert "encoder.conv_in.bias" in message
   assert "encoder.extra.weight" in message
-  assert "decoder.conv_out.weight: checkpoint (3, 8, 1, 1), model (3, 8, 3, 3)" in message
+  assert "decoder.conv_out.weight: checkpoint (3, 8, 1, 1), model expects (3, 8, 3, 3)" in message
 
 
 def test_config_with_unsupported_block_type_is_rejected(tmp_path):

@@ -118,8 +118,8 @@ def test_bfloat16_storage_reads_back_the_rounded_values(tmp_path):
 
 def test_dcae_cache_holds_the_encoder_latents_times_its_scaling_factor(tmp_path):
   torch = pytest.importorskip("torch")
-  from sana_jax.models.autoencoder import load_autoencoder
-  from tests.autoencoder.builders import TINY_CONFIG, save_tiny_vae_folder
+  from sana_jax.convert.autoencoder import load_autoencoder
+  from tests.models.autoencoder_builders import TINY_CONFIG, save_tiny_vae_folder
 
   reference = save_tiny_vae_folder(str(tmp_path / "vae"))
   autoencoder = load_autoencoder(str(tmp_path / "vae"))
@@ -167,7 +167,7 @@ def test_multi_scale_folder_keeps_a_latent_shape_per_bucket_and_counts_unreadabl
   assert sorted(tuple(b["latent_shape"]) for b in manifest["buckets"]) == [(6, 12, 48), (8, 8, 48), (12, 6, 48)]
 
   records = cache.CacheSource(str(tmp_path / "c"))
-  table = pipeline.bucket_table(data_cfg)
+  table = buckets.bucket_table(data_cfg)
   for i in range(len(records)):
     record = records[i]
     example = source[record["index"]]
@@ -264,7 +264,7 @@ def test_writing_over_an_existing_cache_is_refused(shapes_cache):
 
 def test_gemma_cache_keeps_the_unmasked_caption_features_with_the_instruction(tmp_path):
   from sana_jax.sampling.text_encoding import CHI_DEFAULT, PromptEncoder
-  from tests.text.gemma_builders import build_tiny_gemma, build_tiny_tokenizer
+  from tests.models.gemma_builders import build_tiny_gemma, build_tiny_tokenizer
 
   pipe = tmp_path / "pipe"  # the layout of a diffusers Sana pipeline folder
   build_tiny_gemma(pipe / "text_encoder")

@@ -1,15 +1,15 @@
 """A tiny, hub-free diffusers `SanaPipeline` folder with random weights (tests, notebook, benchmark).
 
-Components: the tiny Gemma-2 and word-level tokenizer of tests/text, the tiny `AutoencoderDC` of
-tests/autoencoder (f = 2, 4 latent channels) and a 2-block SANA 1.5-style transformer (q/k norms).
+Components: the tiny Gemma-2 and word-level tokenizer of tests/models/gemma_builders.py, the tiny `AutoencoderDC` of
+tests/models/autoencoder_builders.py (f = 2, 4 latent channels) and a 2-block SANA 1.5-style transformer (q/k norms).
 """
 import shutil
 
 import diffusers
 import torch
 
-from tests.autoencoder.builders import TINY_CONFIG as TINY_VAE_CONFIG, build_reference_vae
-from tests.text.gemma_builders import build_tiny_gemma, build_tiny_tokenizer
+from tests.models.autoencoder_builders import TINY_CONFIG as TINY_VAE_CONFIG, build_reference_vae
+from tests.models.gemma_builders import build_tiny_gemma, build_tiny_tokenizer
 
 TINY_TRANSFORMER_CONFIG = dict(
     in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
@@ -36,7 +36,7 @@ def build_tiny_pipeline(path, *, seed: int = 0, transformer_overrides=None,
                         vae_config=TINY_VAE_CONFIG, gemma_overrides=None) -> diffusers.SanaPipeline:
   """Saves a random tiny diffusers SanaPipeline to `path` (save_pretrained); returns it (float32, eval)."""
   path = str(path)
-  # The builders of tests/text save their output; it is written to scratch folders and removed.
+  # The Gemma builders save their output; it is written to scratch folders and removed.
   text_encoder = build_tiny_gemma(f"{path}/_gemma", seed=seed, **(gemma_overrides or {}))
   tokenizer = build_tiny_tokenizer(f"{path}/_tokenizer")
   torch.manual_seed(seed)

@@ -10,8 +10,10 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from gemma_builders import PROMPTS, build_tiny_gemma, tiny_gemma_config
-from sana_jax.models.gemma2 import FULL, SLIDING, Gemma2Config, load_gemma2
+from tests.models.gemma_builders import PROMPTS, build_tiny_gemma, tiny_gemma_config
+from sana_jax.convert.gemma2 import load_gemma2
+from sana_jax.convert.tensors import CheckpointError
+from sana_jax.models.gemma2 import FULL, SLIDING, Gemma2Config
 
 SEQ_LEN = 16  # > sliding_window (4): the sliding layers drop keys the global ones keep
 
@@ -101,14 +103,14 @@ def test_bad_checkpoint_names_every_missing_unexpected_and_misshaped_key(gemma_d
   message = str(err.value)
   assert "missing (1)" in message and "layers.1.mlp.up_proj.weight" in message
   assert "unexpected (1)" in message and "layers.0.self_attn.q_norm.weight" in message
-  assert "wrong shape (1)" in message and "norm.weight: checkpoint (65,), expected (64,)" in message
+  assert "wrong shape (1)" in message and "norm.weight: checkpoint (65,), model expects (64,)" in message
 
 
 def test_folder_without_weights_or_config_is_refused(gemma_dir, tmp_path):
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(CheckpointError, match="config.json"):
     load_gemma2(tmp_path)
   shutil.copy(gemma_dir / "config.json", tmp_path / "config.json")
-  with pytest.raises(FileNotFoundError, match="model.safetensors"):
+  with pytest.raises(CheckpointError, match="no model safetensors weights for the default"):
     load_gemma2(tmp_path)
 
 

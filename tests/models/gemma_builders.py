@@ -1,9 +1,10 @@
-"""Tiny, hub-free Gemma-2 and tokenizer folders for tests (reusable by the pipeline tests).
+"""Tiny, hub-free Gemma-2 and tokenizer folders for tests, and session fixtures over them.
 
 `tiny_gemma_config()` is small enough to run in milliseconds but keeps every Gemma-2 feature live:
 grouped-query attention (4 heads, 2 kv heads), a sliding window (4) shorter than the test
 sequences so the sliding layers really mask, soft-capping, and alternating layer types.
 """
+import pytest
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
@@ -63,3 +64,30 @@ def build_tiny_tokenizer(path, corpus=(*CHI_DEFAULT, *PROMPTS)):
       unk_token="<unk>", padding_side="right")
   wrapped.save_pretrained(path)
   return wrapped
+
+
+# Session-wide fixtures (imported by the conftest.py of tests/models and tests/sampling).
+@pytest.fixture(scope="session")
+def gemma_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("gemma2_model")
+  build_tiny_gemma(path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def torch_gemma(gemma_dir):
+  """The reference: transformers' Gemma2Model read back from the same folder, eager attention."""
+  return transformers.Gemma2Model.from_pretrained(gemma_dir, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("gemma2_tokenizer")
+  build_tiny_tokenizer(path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+  return transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+

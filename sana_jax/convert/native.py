@@ -1,0 +1,60 @@
+"""Our own format: one Orbax save / restore for every component (transformer, text encoder, VAE).
+
+A component folder holds the module's state as an Orbax StandardCheckpoint. Restoring builds the
+module abstractly (no weights allocated), checks the saved names and shapes against it with the
+same check as the safetensors readers (`tensors.check_names`), then reads each array straight into
+the target dtype.
+"""
+import os
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sana_jax.convert.tensors import CheckpointError, check_names
+
+
+def save_state(state, dst) -> str:
+  """Writes an nnx.State (or a module's full state) to the Orbax folder `dst`."""
+  import orbax.checkpoint as ocp
+  dst = os.path.abspath(os.fspath(dst))
+  if isinstance(state, nnx.Module):
+    state = nnx.state(state)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(dst, state, force=True)
+  return dst
+
+
+def _saved_shapes(tree) -> dict:
+  have = {}
+  for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    key = tuple(getattr(p, "key", getattr(p, "name", p)) for p in keypath)
+    key = key[:-1] if key and key[-1] == "value" else key
+    have[".".join(map(str, key))] = tuple(getattr(leaf, "shape", ()))
+  return have
+
+
+def restore_module(abstract: nnx.Module, src, component: str, dtype=None, state_filter=...):
+  """`abstract` (a module from nnx.eval_shape) with the part of its state `state_filter` selects
+  read from the Orbax folder `src`.
+
+  dtype: floating arrays are restored in it (None: as the built module declares them).
+  """
+  import orbax.checkpoint as ocp
+  src = os.path.abspath(os.fspath(src))
+  if not os.path.isdir(src):
+    raise CheckpointError(f"{component}: no Orbax checkpoint folder at {src}")
+  graphdef, target, *rest = nnx.split(abstract, state_filter, ...)
+
+  def spec(x):
+    floating = dtype is not None and jnp.issubdtype(x.dtype, jnp.floating)
+    return jax.ShapeDtypeStruct(x.shape, dtype if floating else x.dtype)
+
+  want = {".".join(map(str, k)): tuple(v.shape) for k, v in nnx.to_flat_state(target)}
+  with ocp.StandardCheckpointer() as ckptr:
+    try:
+      meta = ckptr.metadata(src)
+    except Exception as e:  # noqa: BLE001 - Orbax raises many types for a damaged folder
+      raise CheckpointError(f"{component}: cannot read the Orbax checkpoint {src} ({type(e).__name__}: {e})")
+    check_names(component, src, want, _saved_shapes(getattr(meta, "item_metadata", meta)))
+    restored = ckptr.restore(src, jax.tree.map(spec, target))
+  return nnx.merge(graphdef, restored, *rest)
