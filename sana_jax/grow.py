@@ -8,6 +8,8 @@ sana_jax/scaling/growth.py for the strategies and when the result computes the s
 """
 from absl import app, flags
 
+from sana_jax import compilation_cache
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Checkpoint to grow.", required=True)
 flags.DEFINE_string("dst", None, "Folder for the grown checkpoint (our format).", required=True)
@@ -24,6 +26,7 @@ for _name in ("source_layers", "qk_norm", "zero_gate"):
 
 
 def main(argv):
+  compilation_cache.enable()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax.numpy as jnp

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
+from sana_jax import compilation_cache
 from sana_jax import configs
 from sana_jax.data import cache, shapes
 from sana_jax.data.pipeline import build_source, default_data_config
@@ -74,6 +75,7 @@ def build_text_encoder(spec: str, caption_channels: int, max_text_length: int, d
 
 
 def main(argv):
+  compilation_cache.enable()
   del argv
   dtype = jnp.dtype(_DTYPE.value)
   builtin_text = _TEXT_ENCODER.value == "builtin"

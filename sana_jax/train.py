@@ -11,6 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sana_jax import compilation_cache
 from sana_jax import configs
 from sana_jax.training import loop
 
@@ -22,6 +23,7 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(argv):
+  compilation_cache.enable()
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax reports every save at INFO
   cfg = _CONFIG.value

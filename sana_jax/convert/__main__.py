@@ -6,6 +6,8 @@ pipeline: a diffusers Sana pipeline folder -> our pipeline export (see sana_jax.
 """
 from absl import app, flags
 
+from sana_jax import compilation_cache
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Checkpoint to read.", required=True)
 flags.DEFINE_string("dst", None, "Folder to write.", required=True)
@@ -15,6 +17,7 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter dtype 
 
 
 def main(argv):
+  compilation_cache.enable()
   if len(argv) != 2 or argv[1] not in ("transformer", "pipeline"):
     raise app.UsageError("usage: python -m sana_jax.convert {transformer,pipeline} --src SRC --dst DST")
   import jax.numpy as jnp
