@@ -33,6 +33,12 @@ def accelerator():
   return backend if backend in ("tpu", "gpu") else None
 
 
+def pallas_backends():
+  """Backends "auto" may pick the kernels on: the TPU, and the GPU while jax < 0.11 (the Pallas
+  Triton backend is deprecated from 0.11; docs/kernels.md says why the GPU then runs XLA)."""
+  return ("tpu", "gpu") if jax.__version_info__ < (0, 11) else ("tpu",)
+
+
 def tolerance(dtype):
   """Largest accepted error relative to the reference's largest entry: fp32 1e-5, else 2e-2."""
   return 1e-5 if jnp.dtype(dtype) == jnp.float32 else 2e-2
@@ -87,8 +93,8 @@ def _self_check(heads, head_dim, dtype):
 
 
 def resolve_impl(impl, heads=None, head_dim=None, dtype=jnp.float32):
-  """"auto" -> "pallas" on a TPU / GPU once the kernels passed their self-check at this head
-  layout and dtype, else "xla"; "pallas" and "xla" pass through once checked.
+  """"auto" -> "pallas" on a TPU (and a GPU with jax < 0.11) once the kernels passed their
+  self-check at this head layout and dtype, else "xla"; "pallas" and "xla" pass through.
 
   Without heads / head_dim (no call to check against), "auto" on an accelerator reports what a
   call would get if its check passes.
@@ -98,7 +104,7 @@ def resolve_impl(impl, heads=None, head_dim=None, dtype=jnp.float32):
   if impl != "auto":
     return impl
   platform = accelerator()
-  if platform is None or _failure:
+  if platform not in pallas_backends() or _failure:
     return "xla"
   if heads is None:
     return "pallas"

@@ -1,4 +1,4 @@
-"""ReLU linear attention for XLA (what impl="xla" runs, on the CPU above all): token-chunked.
+"""ReLU linear attention for XLA (what impl="xla" runs): token-chunked on the CPU.
 
 Same math and stages as the reference and the Pallas kernels (see pallas_attention.py):
     state(k, v) -> S = k'^T v [B, H, d, d], z = k'^T 1 [B, H, d]     (k' = relu(k), float32)
@@ -13,12 +13,15 @@ per chunk, so a chunk's transposes and its per-head matmuls stay in the core's L
 chunk is read once, transposed in cache, multiplied per head (`dot_general` with the batch and head
 axes as batch dimensions) and its output written once. The normaliser rides along the apply matmul
 as one more column of the state ([S | z]). A ragged last chunk is one more call at its own size.
+On a TPU or GPU (the fallback of "auto", or impl="xla") the reference's whole-array form runs.
 """
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
+
+from sana_jax.kernels import reference
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 CHUNK_BYTES = 2**18  # float32 bytes of one input's chunk (C tokens x H x d)
@@ -80,8 +83,7 @@ def _state(k, v):
 
 
 @jax.custom_vjp
-def linear_attention_state(k, v):
-  """k, v: [B, N, H, d] (k before the ReLU) -> S = K^T V [B, H, d, d], z = K^T 1 [B, H, d]; float32."""
+def _chunked_state(k, v):
   return _state(k, v)
 
 
@@ -106,7 +108,7 @@ def _state_bwd(res, cot):
   return _over_chunks(n, c, body, (jnp.zeros_like(k), jnp.zeros_like(v)))
 
 
-linear_attention_state.defvjp(_state_fwd, _state_bwd)
+_chunked_state.defvjp(_state_fwd, _state_bwd)
 
 
 # ----------------------------------------------------------------------------- apply stage
@@ -129,8 +131,7 @@ def _apply(q, s, z, eps, out_dtype):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def linear_attention_apply(q, s, z, eps, out_dtype):
-  """q: [B, N, H, d] (before the ReLU) and the state -> [B, N, H, d] in out_dtype."""
+def _chunked_apply(q, s, z, eps, out_dtype):
   return _apply(q, s, z, eps, jnp.dtype(out_dtype))
 
 
@@ -160,7 +161,25 @@ def _apply_bwd(eps, out_dtype, res, g):
   return _over_chunks(n, c, body, zeros)
 
 
-linear_attention_apply.defvjp(_apply_fwd, _apply_bwd)
+_chunked_apply.defvjp(_apply_fwd, _apply_bwd)
+
+
+def _chunked():
+  """Chunk on the CPU; TPU / GPU compilers fuse the whole-array einsums well and would run a
+  loop of small chunks slowly, so there the reference's form is used."""
+  return jax.default_backend() == "cpu"
+
+
+def linear_attention_state(k, v):
+  """k, v: [B, N, H, d] (k before the ReLU) -> S = K^T V [B, H, d, d], z = K^T 1 [B, H, d]; float32."""
+  return _chunked_state(k, v) if _chunked() else reference.linear_attention_state(k, v)
+
+
+def linear_attention_apply(q, s, z, eps, out_dtype):
+  """q: [B, N, H, d] (before the ReLU) and the state -> [B, N, H, d] in out_dtype."""
+  if _chunked():
+    return _chunked_apply(q, s, z, float(eps), jnp.dtype(out_dtype))
+  return reference.linear_attention_apply(q, s, z, eps, out_dtype)
 
 
 def relu_linear_attention_xla(q, k, v, eps=1e-15):

@@ -87,3 +87,12 @@ def test_the_check_ignores_the_callers_mesh_and_trace(fake_gpu):
     impls = []
     jax.jit(lambda x: impls.append(selection.resolve_impl("auto", 2, 8, jnp.float32)) or x)(1.0)
   assert impls == ["pallas"] and not selection._failure
+
+
+def test_auto_runs_xla_on_a_gpu_from_jax_0_11(fake_gpu, monkeypatch):
+  monkeypatch.setattr(jax, "__version_info__", (0, 11, 2))
+  monkeypatch.setattr(selection, "compare_with_reference", None)  # no check: nothing to check
+  assert selection.resolve_impl("auto", 70, 32, jnp.bfloat16) == "xla"
+  monkeypatch.setattr(selection, "accelerator", lambda: "tpu")
+  monkeypatch.setattr(selection, "compare_with_reference", lambda *a, **kw: (True, {}, 1e-5))
+  assert selection.resolve_impl("auto", 70, 32, jnp.bfloat16) == "pallas"
