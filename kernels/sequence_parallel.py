@@ -37,6 +37,9 @@ def sequence_parallel_linear_attention(q, k, v, *, eps=1e-15, impl="xla", mesh, 
     if impl == "xla":
       state = xla_attention.linear_attention_state(k, v)
       state = jax.lax.psum(state, seq_axis)
+      # The apply stage's custom_vjp returns this device's share of dS, dz; marking the state
+      # varying over seq makes their transpose the psum over seq that sums those shares.
+      state = jax.lax.pcast(state, (seq_axis,), to="varying")
       return xla_attention.linear_attention_apply(q, *state, float(eps), v.dtype)
     batch, n, heads, head_dim = q.shape
     plan = pallas_attention.make_plan(n, heads, head_dim, q.dtype, batch=batch, **pallas_options)

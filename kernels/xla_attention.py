@@ -50,10 +50,14 @@ def _tokens_major(x, dtype):
 
 
 def _over_chunks(n, c, body, carry):
-  """body(start, size, carry) over the full chunks of c tokens (a fori_loop), then the ragged tail."""
+  """body(start, size, carry) over the full chunks of c tokens, then the ragged tail. The first
+  chunk runs before the fori_loop so that the loop's carry has the types of values computed from
+  the inputs (under shard_map: varying over the mesh axes), not those of the zeros it starts from."""
   full = n // c
   if full:
-    carry = jax.lax.fori_loop(0, full, lambda i, cr: body(i * c, c, cr), carry)
+    carry = body(0, c, carry)
+  if full > 1:
+    carry = jax.lax.fori_loop(1, full, lambda i, cr: body(i * c, c, cr), carry)
   if n % c:
     carry = body(full * c, n % c, carry)
   return carry
