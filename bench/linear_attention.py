@@ -1,8 +1,11 @@
 """Benchmark ReLU linear attention against softmax attention: time and compiled peak memory.
 
 For N tokens at H x d heads (default 70 x 32, the 1.6B / 4.8B shape) it measures, forward and
-forward+backward: the XLA (jnp) linear attention, softmax attention (`jax.nn.dot_product_attention`)
-and, on a TPU / GPU, the Pallas kernels. Memory is XLA's compiled estimate
+forward+backward: the XLA linear attention (impl="xla", token-chunked: kernels/xla_attention.py),
+the whole-array jnp reference it replaced (kernels/reference.py), softmax attention
+(`jax.nn.dot_product_attention`) and, on a TPU / GPU, the Pallas kernels. For the linear
+attentions it prints the share of a plain fp32 2048^2 matmul's FLOP/s measured right before each N
+(useful FLOPs: 4 B N H d^2 forward, 3x that forward+backward; target >= 25% at 4K and 16K). Memory is XLA's compiled estimate
 (`jit(f).lower(...).compile().memory_analysis()`: arguments + outputs + temporaries), so it is
 reported even where running would not fit. time(4N) / time(N) is printed per column: linear
 growth gives about 4, quadratic about 16. A "stream" row (q + k + v: one read of the inputs, one
@@ -11,6 +14,7 @@ in cache and those of 4N do not, even it grows by more than 4x. On an accelerato
 speed-up over XLA is printed per N and mode.
 
   python bench/linear_attention.py                     # N = 1K, 4K, 16K, 64K, float32
+  python bench/linear_attention.py --heads 4 --batch 2 --n 4096 16384 --no-softmax
   python bench/linear_attention.py --dtype bfloat16 --n 16384
 """
 import argparse
@@ -20,14 +24,18 @@ import jax
 import jax.numpy as jnp
 
 from sana_jax import kernels
+from sana_jax.kernels.reference import relu_linear_attention_reference
+from timing import matmul_flops_per_s
 
 
-def _attention_fns(eps):
+def _attention_fns(eps, softmax):
   fns = {
       "stream": lambda q, k, v: q + k + v,
       "xla_linear": lambda q, k, v: kernels.linear_attention(q, k, v, eps=eps, impl="xla"),
-      "softmax": lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
+      "reference": lambda q, k, v: relu_linear_attention_reference(q, k, v, eps),
   }
+  if softmax:
+    fns["softmax"] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v)
   if jax.default_backend() in ("tpu", "gpu"):
     fns["pallas_linear"] = lambda q, k, v: kernels.linear_attention(q, k, v, eps=eps,
                                                                     impl="pallas")
@@ -65,6 +73,7 @@ def main():
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--no-softmax", action="store_true", help="skip softmax attention")
   parser.add_argument("--max-run-gib", type=float, default=8.0,
                       help="skip timing (memory is still reported) above this compiled peak")
   args = parser.parse_args()
@@ -72,11 +81,15 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
         f"B={args.batch}, H x d = {args.heads} x {args.head_dim}, {dtype.name}")
   results = {}  # (impl, mode, n) -> seconds or None
+  shares = []
   for n in args.n:
+    matmul_rate = matmul_flops_per_s(repeats=args.repeats)
+    useful = 4 * args.batch * n * args.heads * args.head_dim ** 2
     shape = (args.batch, n, args.heads, args.head_dim)
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     qkv = [jax.random.normal(key, shape, jnp.float32).astype(dtype) for key in keys]
-    for name, fn in _attention_fns(1e-15).items():
+    print(f"N={n:6d} plain fp32 matmul {matmul_rate / 1e9:.1f} GFLOP/s", flush=True)
+    for name, fn in _attention_fns(1e-15, not args.no_softmax).items():
       modes = (("fwd", fn),) if name == "stream" else (("fwd", fn), ("fwd+bwd", _fwd_bwd(fn)))
       for mode, f in modes:
         compiled = jax.jit(f).lower(*qkv).compile()
@@ -86,12 +99,20 @@ def main():
         results[name, mode, n] = seconds
         shown = f"{seconds * 1e3:10.2f} ms" if seconds is not None else "   skipped   "
         mem = f"{peak / 2**20:12.1f} MiB" if peak is not None else "n/a"
-        print(f"N={n:6d} {name:14s} {mode:8s} {shown} peak {mem}", flush=True)
+        share = ""
+        if seconds and name in ("xla_linear", "reference", "pallas_linear"):
+          flops = useful * (3 if mode == "fwd+bwd" else 1)
+          share = f"  {flops / seconds / 1e9:7.1f} GFLOP/s = {flops / seconds / matmul_rate:5.1%} of matmul"
+          shares.append((name, mode, n, flops / seconds / matmul_rate))
+        print(f"N={n:6d} {name:14s} {mode:8s} {shown} peak {mem}{share}", flush=True)
   print("\ntime(4N) / time(N):")
   for (name, mode, n), seconds in sorted(results.items()):
     longer = results.get((name, mode, 4 * n))
     if seconds and longer:
       print(f"  {name:14s} {mode:8s} N={n:6d} -> {4 * n:6d}: {longer / seconds:6.2f}")
+  print("\nshare of the matmul rate (target >= 25% at 4K and 16K for xla_linear):")
+  for name, mode, n, share in shares:
+    print(f"  {name:14s} {mode:8s} N={n:6d}: {share:6.1%}")
   speedups = [(mode, n, results["xla_linear", mode, n] / seconds)
               for (name, mode, n), seconds in sorted(results.items())
               if name == "pallas_linear" and seconds and results.get(("xla_linear", mode, n))]

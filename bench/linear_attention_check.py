@@ -15,10 +15,8 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from sana_jax.kernels.pallas_attention import relu_linear_attention_pallas
-from sana_jax.kernels.reference import relu_linear_attention_reference
+from sana_jax.kernels.selection import compare_with_reference
 
 CASES = [  # (batch, tokens, heads, head_dim, dtype, eps)
     (1, 1000, 70, 32, jnp.float32, 1e-15),
@@ -30,33 +28,6 @@ CASES = [  # (batch, tokens, heads, head_dim, dtype, eps)
 SMALL_CASES = [(2, 37, 5, 8, jnp.float32, 1e-15), (1, 21, 4, 16, jnp.bfloat16, 1e-15)]
 
 
-def value_and_grads(attention, q, k, v, w):
-  def loss(q, k, v):
-    out = attention(q, k, v)
-    return jnp.sum(out.astype(jnp.float32) * w), out
-  (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
-  return (out, *grads)
-
-
-def relative_error(actual, expected):
-  actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
-  return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
-
-
-def check(case):
-  batch, n, heads, head_dim, dtype, eps = case
-  keys = jax.random.split(jax.random.PRNGKey(n), 4)
-  shape = (batch, n, heads, head_dim)
-  q, k, v = (jax.random.normal(key, shape, jnp.float32).astype(dtype) for key in keys[:3])
-  w = jax.random.normal(keys[3], shape, jnp.float32)
-  ours = value_and_grads(lambda q, k, v: relu_linear_attention_pallas(q, k, v, eps), q, k, v, w)
-  f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-  ref = value_and_grads(lambda q, k, v: relu_linear_attention_reference(q, k, v, eps), *f32, w)
-  tol = 1e-5 if dtype == jnp.float32 else 2e-2
-  errors = {name: relative_error(a, b) for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref)}
-  return all(e <= tol for e in errors.values()), errors, tol
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--small", action="store_true", help="tiny shapes (for the CPU interpreter)")
@@ -66,7 +37,7 @@ def main():
   for case in SMALL_CASES if args.small else CASES:
     batch, n, heads, head_dim, dtype, _ = case
     try:
-      ok, errors, tol = check(case)
+      ok, errors, tol = compare_with_reference(*case)
       shown = " ".join(f"{name} {e:.1e}" for name, e in errors.items())
       print(f"{'PASS' if ok else 'FAIL'}  B={batch} N={n} {heads}x{head_dim} "
             f"{jnp.dtype(dtype).name}: {shown} (tol {tol:.0e})", flush=True)

@@ -11,14 +11,14 @@ import jax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sana_jax.kernels import pallas_attention, reference
+from sana_jax.kernels import pallas_attention, xla_attention
 
 
 def sequence_parallel_linear_attention(q, k, v, *, eps=1e-15, impl="xla", mesh, seq_axis,
                                        batch_axis=None, **pallas_options):
   """ReLU linear attention on q, k, v [B, N, H, d] with N sharded over `seq_axis` of `mesh`.
 
-  impl: "xla" (jnp stages) or "pallas" (the Pallas stages; pallas_options go to make_plan).
+  impl: "xla" (the chunked jnp stages of xla_attention.py) or "pallas" (the Pallas stages; pallas_options go to make_plan).
   batch_axis: mesh axis (or tuple of axes) the batch is sharded over, if any.
   Returns [B, N, H, d] in v.dtype, sharded like q.
   """
@@ -35,9 +35,12 @@ def sequence_parallel_linear_attention(q, k, v, *, eps=1e-15, impl="xla", mesh, 
 
   def local(q, k, v):  # [B / b_shards, N / shards, H, d] each
     if impl == "xla":
-      state = reference.linear_attention_state(k, v)
+      state = xla_attention.linear_attention_state(k, v)
       state = jax.lax.psum(state, seq_axis)
-      return reference.linear_attention_apply(q, *state, eps, v.dtype)
+      # The apply stage's custom_vjp returns this device's share of dS, dz; marking the state
+      # varying over seq makes their transpose the psum over seq that sums those shares.
+      state = jax.lax.pcast(state, (seq_axis,), to="varying")
+      return xla_attention.linear_attention_apply(q, *state, float(eps), v.dtype)
     batch, n, heads, head_dim = q.shape
     plan = pallas_attention.make_plan(n, heads, head_dim, q.dtype, batch=batch, **pallas_options)
     to = lambda x: pallas_attention.to_channels(x, plan)

@@ -9,7 +9,7 @@ sana_jax/scaling/growth.py for the strategies and when the result computes the s
 """
 from absl import app, flags
 
-from sana_jax import cli
+from sana_jax import cli, compilation_cache
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Checkpoint to grow.", required=True)
@@ -27,6 +27,7 @@ for _name in ("source_layers", "qk_norm", "zero_gate"):
 
 
 def main(argv):
+  compilation_cache.enable()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax.numpy as jnp

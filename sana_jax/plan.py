@@ -41,7 +41,7 @@ if "--real_devices" not in sys.argv:
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from sana_jax import cli, configs  # noqa: E402
+from sana_jax import cli, compilation_cache, configs  # noqa: E402
 from sana_jax.training import planning, sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -54,6 +54,7 @@ _TEXT = flags.DEFINE_integer("text_tokens", None, "Caption tokens (default: conf
 
 
 def main(argv):
+  compilation_cache.enable()
   del argv
   cfg = _CONFIG.value
   cfg.mesh.update(data=_MESH.get("data", 1), fsdp=_MESH.get("fsdp", 1), tensor=_MESH.get("tensor", 1))

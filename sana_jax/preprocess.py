@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from sana_jax import cli, configs
+from sana_jax import cli, compilation_cache, configs
 from sana_jax.data import cache, shapes
 from sana_jax.data.pipeline import build_source, default_data_config
 
@@ -73,6 +73,7 @@ def build_text_encoder(spec: str, caption_channels: int, max_text_length: int, d
 
 
 def main(argv):
+  compilation_cache.enable()
   del argv
   dtype = jnp.dtype(_DTYPE.value)
   builtin_text = _TEXT_ENCODER.value == "builtin"

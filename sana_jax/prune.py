@@ -13,7 +13,7 @@ model briefly afterwards (the paper: ~100 steps).
 """
 from absl import app, flags
 
-from sana_jax import cli
+from sana_jax import cli, compilation_cache
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Checkpoint to prune.", required=True)
@@ -34,6 +34,7 @@ for _name in ("latent_size", "batch_size", "report_dir"):
 
 
 def main(argv):
+  compilation_cache.enable()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.blocks is not None and (FLAGS.depth is not None or FLAGS.importance or FLAGS.calibration):

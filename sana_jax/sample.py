@@ -16,7 +16,7 @@ import re
 
 from absl import app, flags
 
-from sana_jax import cli
+from sana_jax import cli, compilation_cache
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Pipeline folder, sana_jax export or training workdir.", required=True)
@@ -73,6 +73,7 @@ def _slug(text, limit=40):
 
 
 def main(argv):
+  compilation_cache.enable()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   import jax.numpy as jnp
@@ -128,6 +129,7 @@ def main(argv):
                 batch_size=batch, vae_tiling=FLAGS.vae_tiling, scheduler_config=pipe.scheduler_config,
                 model=cfg.name, checkpoint_settings=suggested, **settings, images=images_info,
                 timings=timings)
+  record["compilation_cache"] = compilation_cache.current()
   with open(os.path.join(FLAGS.out, "settings.json"), "w") as f:
     json.dump(record, f, indent=2)
   if FLAGS.grid:

@@ -9,7 +9,7 @@ pipeline: a diffusers Sana pipeline folder or our export -> our export (default)
 """
 from absl import app, flags
 
-from sana_jax import cli
+from sana_jax import cli, compilation_cache
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Checkpoint to read.", required=True)
@@ -22,6 +22,7 @@ flags.DEFINE_string("variant", None, "diffusers weight variant to read / write, 
 
 
 def main(argv):
+  compilation_cache.enable()
   if len(argv) != 2 or argv[1] not in ("transformer", "pipeline"):
     raise app.UsageError("usage: python -m sana_jax.convert {transformer,pipeline} --src SRC --dst DST")
   import jax.numpy as jnp

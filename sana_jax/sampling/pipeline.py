@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sana_jax import compilation_cache
 from sana_jax.convert.pipeline import convert_pipeline, pipeline_parts
 from sana_jax.data.buckets import nearest_bucket, scale_table
 from sana_jax.models.transformer import SanaTransformer
@@ -168,6 +169,7 @@ class SanaPipeline:
     self._replicated = {}
     self._token_split_devices = None  # set by enable_sequence_parallel
     self._token_split_graphs = {}
+    self.compilation_cache = compilation_cache.enable()  # folder or None (sana_jax/compilation_cache.py)
 
   # --------------------------------------------------------------------------- loading
   @classmethod
@@ -175,6 +177,7 @@ class SanaPipeline:
     """Loads a diffusers Sana pipeline folder (model_index.json, transformer/, vae/, text_encoder/,
     tokenizer/, scheduler/), our export (`convert_pipeline`) or a training workdir; weights and
     compute in dtype. variant: diffusers' weight variant ("bf16" reads *.bf16.safetensors)."""
+    compilation_cache.enable()  # loading compiles programs too
     parts, _ = pipeline_parts(path, dtype=dtype, variant=variant)
     return cls(**parts)
 
@@ -372,6 +375,25 @@ class SanaPipeline:
       replicated = NamedSharding(spread.mesh, P())
       self._replicated[key] = jax.device_put((self._transformer_state, self._vae_state), replicated)
     return self._replicated[key]
+
+  def warmup(self, resolutions=((1024, 1024),), batch_sizes=(1,), **call_kwargs):
+    """Compiles, before the first real request, what calls at these sizes will run.
+
+    resolutions: (height, width) pairs; batch_sizes: images per call; call_kwargs: the other
+    `__call__` arguments the real calls will use (num_inference_steps, guidance_scale, ...: the
+    compiled programs depend on them). Runs one call per (resolution, batch size) on placeholder
+    prompts, so later calls at those shapes in this process start at once, and, through the
+    persistent compilation cache, so do the first calls of later processes. Returns
+    {(height, width, batch): seconds}.
+    """
+    call_kwargs = dict(call_kwargs, output_type="np")
+    seconds = {}
+    for height, width in resolutions:
+      for batch in batch_sizes:
+        start = time.perf_counter()
+        self(["warmup"] * int(batch), height=height, width=width, **call_kwargs)
+        seconds[int(height), int(width), int(batch)] = time.perf_counter() - start
+    return seconds
 
 
 def to_pil(images: np.ndarray) -> list:
