@@ -20,5 +20,5 @@ def get_config():
                  sample_every=1000, keep_checkpoints=2)
   c.mesh.update(data=-1, fsdp=1, tensor=1)
   c.sampling.update(sampler="flow_euler", num_steps=20, guidance_scale=3.0, num_images=16,
-                    num_eval_images=96)
+                    num_eval_images=192)
   return c

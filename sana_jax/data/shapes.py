@@ -12,6 +12,7 @@ The background is mid grey: blends of any palette colour with it (blur, antialia
 to that colour or to the background than to another palette colour.
 """
 import dataclasses
+import functools
 import json
 import re
 
@@ -157,17 +158,27 @@ def sample_spec(rng: np.random.Generator, task: str) -> SceneSpec:
 
 
 def shape_mask(shape: str, height: int, width: int | None = None) -> np.ndarray:
-  """Boolean [height, width] mask of a shape filling its box (triangles point up), by pixel centres."""
-  width = height if width is None else width
+  """Boolean [height, width] mask of a shape filling its box (triangles point up), by pixel centres.
+
+  Read-only and cached per (shape, height, width): rendering asks for the same few masks again and again.
+  """
+  return _shape_mask(shape, int(height), int(height if width is None else width))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape_mask(shape: str, height: int, width: int) -> np.ndarray:
   y = ((np.arange(height) + 0.5) / height)[:, None]  # pixel centres in (0, 1)
   x = ((np.arange(width) + 0.5) / width)[None, :]
   if shape == "square":
-    return np.ones((height, width), bool)
-  if shape == "circle":
-    return (x - 0.5) ** 2 + (y - 0.5) ** 2 <= 0.25
-  if shape == "triangle":
-    return np.abs(x - 0.5) <= 0.5 * y + 0.5 / width  # apex at the top centre, base along the bottom row
-  raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
+    mask = np.ones((height, width), bool)
+  elif shape == "circle":
+    mask = (x - 0.5) ** 2 + (y - 0.5) ** 2 <= 0.25
+  elif shape == "triangle":
+    mask = np.abs(x - 0.5) <= 0.5 * y + 0.5 / width  # apex at the top centre, base along the bottom row
+  else:
+    raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
+  mask.flags.writeable = False
+  return mask
 
 
 def _cell_bounds(image_size: int) -> np.ndarray:

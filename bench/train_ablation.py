@@ -1,0 +1,139 @@
+"""Short training ablations of the default job: train configs/tiny.py with overrides, then score.
+
+  python bench/train_ablation.py --steps=1500 model.hidden_size=128 train.flow_shift=1.0
+
+Trains in-process with the same pieces as `python -m sana_jax.train` (codecs, data pipeline,
+train step, sampler) but without checkpoints or logs, the next batch encoded on a background
+thread while the step runs and the loss read back only every 100 steps. Then samples
+`sampling.num_eval_images` held-out prompts and scores them with the shapes evaluator. Prints one
+JSON line: overrides, steps, steps/s, final loss (mean of the last 100 steps), train and eval wall
+seconds, compile seconds and the per-task scores. The figures in docs/training.md's ablation table
+come from this script.
+"""
+import argparse
+import ast
+import json
+import queue
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sana_jax import configs
+from sana_jax.data import pipeline, shapes_eval
+from sana_jax.optim.registry import build_optimizer, make_schedule
+from sana_jax.training import loop, step, train_state
+
+
+def apply_overrides(cfg, overrides):
+  """'a.b=value' strings (value a Python literal, else a string) -> set on cfg."""
+  for item in overrides:
+    key, _, text = item.partition("=")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg
+
+
+def batches(cfg, autoencoder, text_encoder, depth=3):
+  """Model-input batches, encoded on a background thread (a queue of `depth`)."""
+  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
+  q = queue.Queue(depth)
+  stop = threading.Event()
+
+  def work():
+    while not stop.is_set():
+      q.put(jax.device_put(loop.encode_batch(next(data), autoencoder, text_encoder)))
+
+  threading.Thread(target=work, daemon=True).start()
+  return q, stop
+
+
+def run(cfg, num_steps, seconds=None):
+  """Trains cfg for num_steps (or until `seconds` of wall time), evaluates; -> result dict."""
+  t0 = time.perf_counter()
+  tx = build_optimizer(cfg.optimizer)
+  autoencoder, text_encoder = loop.build_codecs(cfg)
+  graphdef, state, _ = train_state.create_train_state(cfg, tx)
+  null_text = jnp.asarray(text_encoder.null_embedding()[0][0])
+  update = step.jit_train_step(step.make_train_step(
+      graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
+      learning_rate_fn=make_schedule(cfg.optimizer)))
+  q, stop = batches(cfg, autoencoder, text_encoder)
+  losses, pending, compile_s = [], [], None
+  done = 0
+  while done < num_steps:
+    state, m = update(state, q.get())
+    done += 1
+    pending.append(m["loss"])
+    if done == 1:
+      jax.block_until_ready(m["loss"])
+      compile_s = time.perf_counter() - t0
+      t_start = time.perf_counter()
+    if done % 100 == 0:
+      losses.extend(float(x) for x in pending)
+      pending = []
+      print(f"step {done}: loss {np.mean(losses[-100:]):.4f}, "
+            f"{(done - 1) / (time.perf_counter() - t_start):.2f} steps/s", file=sys.stderr, flush=True)
+      if seconds is not None and time.perf_counter() - t0 > seconds:
+        break
+  losses.extend(float(x) for x in pending)
+  jax.block_until_ready(state.params)
+  stop.set()
+  train_s = time.perf_counter() - t_start
+  result = {"steps": done, "steps_per_s": round((done - 1) / train_s, 2),
+            "loss": round(float(np.mean(losses[-100:])), 4), "compile_s": round(compile_s, 1),
+            "train_s": round(train_s, 1)}
+  params = state.ema_params if state.ema_params is not None else state.params
+  t1 = time.perf_counter()
+  score, images = evaluate(cfg, graphdef, params)
+  result.update(eval_s=round(time.perf_counter() - t1, 1), total_s=round(time.perf_counter() - t0, 1),
+                score=score)
+  return result, images, params
+
+
+def evaluate(cfg, graphdef, params):
+  """Samples cfg.sampling.num_eval_images held-out prompts with the loop's sampler and scores them
+  with the shapes evaluator -> ({task: accuracy, "overall": mean}, images [N, H, W, 3])."""
+  autoencoder, text_encoder = loop.build_codecs(cfg)
+  latent_hw = cfg.data.image_size // autoencoder.spatial_compression
+  sampler = loop.make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
+  prompts, specs = loop.heldout_shapes(cfg, cfg.sampling.num_eval_images)
+  images = sampler(params, prompts, cfg.seed + 1, (latent_hw, latent_hw, cfg.model.in_channels))
+  score = shapes_eval.score(list(images), specs)
+  return {k: round(v, 3) for k, v in score.items()}, images
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=None, help="default: the config's train.num_steps")
+  parser.add_argument("--seconds", type=float, default=None, help="stop after this much wall time")
+  parser.add_argument("--grid", default="", help="write a sample grid PNG of the first 32 images here")
+  parser.add_argument("--sweep", default="", help="also score these sampling settings of the trained "
+                      "weights: ';'-separated sets of ','-separated overrides")
+  parser.add_argument("overrides", nargs="*", help="config fields: model.hidden_size=128 ...")
+  args = parser.parse_args()
+  cfg = apply_overrides(configs.get_config("tiny"), args.overrides)
+  result, images, params = run(cfg, args.steps or cfg.train.num_steps, args.seconds)
+  if args.grid:
+    from etils import epath
+    loop.save_grid(images[:32], epath.Path(args.grid))
+  print(json.dumps({"overrides": args.overrides, **result}), flush=True)
+  graphdef = train_state.model_graphdef(cfg.model)
+  for setting in filter(None, args.sweep.split(";")):
+    swept = apply_overrides(cfg.copy_and_resolve_references(), setting.split(","))
+    score, _ = evaluate(swept, graphdef, params)
+    print(json.dumps({"sampling": setting, "score": score}), flush=True)
+
+
+if __name__ == "__main__":
+  main()
