@@ -86,8 +86,8 @@ def main():
   for name, r in rows:
     split = ", ".join(f"{k} {r['split'][k]:.1f}" for k in ("text_encoder", "denoise", "decode"))
     stages = ", ".join(f"{k.replace('_duration', '')} {v:.1f}" for k, v in r["stages"].items())
-    print(f"  cache {name:4s}: load {r['load']:5.1f} s, first call {r['first_call']:5.1f} s ({split}), "
-          f"second call {r['second_call']:5.1f} s; JAX stages (s): {stages}")
+    print(f"  cache {name:4s}: load {r['load']:5.1f} s, first call {r['first_call']:5.1f} s, "
+          f"second call {r['second_call']:5.1f} s ({split}); JAX stages (s): {stages}")
   (_, cold), (_, warm) = rows[1:]
   xla = lambda r: r["stages"].get("backend_compile_duration", 0) + r["stages"].get(
       "cache_retrieval_time_sec", 0)
