@@ -378,18 +378,21 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
     if writer is not None:
       writer.flush()
   bar.close()
-  run.save(num_steps)
-  draw_grid(num_steps)
-  summary = {"step": num_steps, "workdir": str(workdir), "saved": num_steps}
+  final = max(num_steps, first_step)  # a run resumed past train.num_steps trains no further
+  if first_step > num_steps:
+    print(f"the run is at step {first_step}, past train.num_steps={num_steps}: nothing to train", flush=True)
+  run.save(final)
+  draw_grid(final)
+  summary = {"step": final, "workdir": str(workdir), "saved": final}
   if sampler is not None and cfg.data.name == "shapes" and cfg.sampling.num_eval_images:
-    summary.update(_final_evaluation(cfg, run.state, sampler, latent_shape, workdir, is_main, writer))
+    summary.update(_final_evaluation(cfg, run.state, sampler, latent_shape, workdir, is_main, writer, final))
   ckpt.wait()
   if writer is not None:
     writer.close()
   return summary
 
 
-def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, writer) -> dict:
+def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, writer, at) -> dict:
   """Scores samples for held-out prompts; writes eval.json and samples/eval_step_N.png (each
   image with its prompt and the evaluator's verdict)."""
   prompts, specs = heldout_shapes(cfg, cfg.sampling.num_eval_images)
@@ -402,7 +405,6 @@ def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, write
     counts[task] = counts.get(task, 0) + 1
   out = {"shapes_score": scores, "shapes_counts": counts}
   if is_main:
-    at = cfg.train.num_steps
     (workdir / "eval.json").write_text(json.dumps(scores, indent=2))
     notes = [f"{'✓' if ok else '✗'} {task}" for task, ok in per_image]
     out["eval_grid"] = grid.save_grid(images, prompts, workdir / "samples" / f"eval_step_{at:07d}.png",

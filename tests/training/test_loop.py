@@ -212,3 +212,13 @@ def test_training_starts_from_a_grown_checkpoint_with_fresh_optimiser_state(tmp_
   cfg.model.depth = 3
   with pytest.raises(ValueError, match="does not match model config"):
     train_state.create_train_state(cfg, build_optimizer(cfg.optimizer))
+
+
+def test_a_rerun_with_fewer_steps_than_done_trains_nothing_and_writes_nothing_new(finished_run, tmp_path,
+                                                                                 capsys):
+  workdir = _copy(finished_run, tmp_path)
+  cfg = micro_config(num_steps=2)
+  cfg.sampling.update(num_images=0, num_eval_images=0)
+  summary = loop.train_and_evaluate(cfg, str(workdir))
+  assert summary["step"] == 4 and summary["saved"] == 4 and "nothing to train" in capsys.readouterr().out
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"] and _steps(workdir) == [1, 2, 3, 4]

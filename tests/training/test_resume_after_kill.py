@@ -73,3 +73,23 @@ def test_sigterm_saves_and_reports_the_step_it_really_wrote(tmp_path):
   assert stopped and "done:" not in output, output
   step = int(stopped[0].split("stopped at step ")[1].split()[0])
   assert f"(checkpoint {step} saved" in stopped[0] and (workdir / "checkpoints" / str(step)).is_dir()
+
+
+@pytest.mark.slow
+def test_kill_during_a_save_leaves_the_previous_step_and_the_rerun_cleans_up(tmp_path):
+  workdir, cache = tmp_path / "run", str(tmp_path / "xla_cache")
+  run = _train(workdir, cache, "--config.train.num_steps=100000")
+  deadline, partial = time.time() + 900, []
+  while time.time() < deadline and not partial:
+    if (workdir / "checkpoints").is_dir() and os.listdir(workdir / "checkpoints"):
+      partial = [n for n in os.listdir(workdir / "checkpoints") if "orbax-checkpoint-tmp" in n]
+    time.sleep(0.002)
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  assert partial, "no save was caught in progress"
+  restarted = _train(workdir, cache, "--config.train.num_steps=4")
+  output = restarted.communicate(timeout=900)[0]
+  assert restarted.returncode == 0, output
+  left = os.listdir(workdir / "checkpoints")
+  assert not [n for n in left if "orbax-checkpoint-tmp" in n], left
+  assert "done: step" in output and "Traceback" not in output, output
