@@ -139,9 +139,9 @@ def test_nvlabs_pth_matches_diffusers_loaded_through_an_independent_mapping(nvla
   mask[0, 4:] = 0
   expected = reference_forward(ref, x, t, text, mask)
   got = np.asarray(model(x, t, text, mask))
-  # float32 on both sides; measured max |diff| 2e-6 against outputs of size ~3.
+  # float32 on both sides; measured max |diff| 6e-7 against outputs of size ~1.8.
   assert float(np.abs(expected).max()) > 0.5
-  np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+  np.testing.assert_allclose(got, expected, atol=5e-6, rtol=0)
   np.testing.assert_array_equal(np.asarray(model.null_caption_embedding[...]),
                                 state["y_embedder.y_embedding"].numpy())
 

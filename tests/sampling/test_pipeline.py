@@ -173,6 +173,12 @@ def test_prompt_embeds_and_generator_as_diffusers_takes_them(tiny_folder, tiny_p
   with_negatives = tiny_pipe(prompt_embeds=text, prompt_attention_mask=mask, negative_prompt_embeds=neg,
                              negative_prompt_attention_mask=neg_mask, seed=7, **args).images
   np.testing.assert_array_equal(with_negatives, from_prompts)
+  prompt_and_negatives = tiny_pipe(PROMPTS, negative_prompt_embeds=neg, negative_prompt_attention_mask=neg_mask,
+                                   generator=7, **args).images
+  np.testing.assert_array_equal(prompt_and_negatives, from_prompts)
+  other_negatives = tiny_pipe(PROMPTS, negative_prompt_embeds=text[::-1], negative_prompt_attention_mask=mask[::-1],
+                              generator=7, **args).images
+  assert not np.allclose(other_negatives, from_prompts)
   # diffusers given the same embeddings (its negative "" is encoded at their length, as ours).
   ref = tiny_folder[1]
   ref.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
