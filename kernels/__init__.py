@@ -5,6 +5,9 @@ from sana_jax.kernels.selection import IMPLS, resolve_impl
 from sana_jax.kernels.sequence_parallel import sequence_parallel_linear_attention
 from sana_jax.kernels.xla_attention import relu_linear_attention_xla
 
+__all__ = ["IMPLS", "linear_attention", "relu_linear_attention_pallas", "relu_linear_attention_reference",
+           "relu_linear_attention_xla", "resolve_impl", "sequence_parallel_linear_attention"]
+
 
 def linear_attention(q, k, v, *, eps=1e-15, impl="xla", mesh=None, seq_axis=None,
                      batch_axis=None):
