@@ -20,6 +20,10 @@ import importlib, importlib.util, json, sys
 from absl import app, flags
 sys.argv = json.loads(sys.argv[1])
 tool = sys.argv[0]
+if tool == "sana_jax.launch":  # argparse for the launcher; the flags after `--` are train's
+  from sana_jax import launch
+  sys.argv = ["sana_jax.train", *launch.parse_args(sys.argv[1:]).train_args]
+  tool = "sana_jax.train"
 importlib.import_module(tool + ".__main__" if importlib.util.find_spec(tool).submodule_search_locations else tool)
 from sana_jax import cli
 app.define_help_flags()
@@ -53,7 +57,7 @@ def readme_commands(path=README) -> list[list[str]]:
 def test_the_readme_names_the_commands_this_test_checks():
   tools = {argv[0] for argv in readme_commands()}
   assert {"sana_jax.train", "sana_jax.convert", "sana_jax.sample", "sana_jax.plan", "sana_jax.grow",
-          "sana_jax.prune"} <= tools
+          "sana_jax.prune", "sana_jax.launch"} <= tools
 
 
 def test_every_readme_command_parses_with_its_tools_flags():
