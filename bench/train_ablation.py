@@ -79,13 +79,13 @@ def run(cfg, num_steps, seconds=None):
       jax.block_until_ready(m["loss"])
       compile_s = time.perf_counter() - t0
       t_start = time.perf_counter()
+    if seconds is not None and time.perf_counter() - t0 > seconds:
+      break
     if done % 100 == 0:
       losses.extend(float(x) for x in pending)
       pending = []
       print(f"step {done}: loss {np.mean(losses[-100:]):.4f}, "
             f"{(done - 1) / (time.perf_counter() - t_start):.2f} steps/s", file=sys.stderr, flush=True)
-      if seconds is not None and time.perf_counter() - t0 > seconds:
-        break
   losses.extend(float(x) for x in pending)
   jax.block_until_ready(state.params)
   stop.set()
