@@ -22,8 +22,6 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
