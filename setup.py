@@ -36,6 +36,7 @@ setup(
             "bitsandbytes>=0.50",
             "accelerate",
             "tensorflow-datasets==4.9.10",
+            "importlib_resources",  # tensorflow-datasets imports it lazily without declaring it
             "nbclient",
             "nbformat",
             "ipykernel",
