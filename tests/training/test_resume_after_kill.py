@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=1", "--config.model.cross_num_heads=1",
@@ -34,7 +33,6 @@ def _losses(workdir):
   return out
 
 
-@pytest.mark.slow
 def test_killed_and_restarted_run_continues_the_uninterrupted_loss_sequence(tmp_path):
   cache = str(tmp_path / "xla_cache")
   reference = _train(tmp_path / "reference", cache)
@@ -59,7 +57,6 @@ def test_killed_and_restarted_run_continues_the_uninterrupted_loss_sequence(tmp_
   assert _losses(victim_dir) == _losses(tmp_path / "reference")
 
 
-@pytest.mark.slow
 def test_sigterm_saves_and_reports_the_step_it_really_wrote(tmp_path):
   workdir = tmp_path / "run"
   run = _train(workdir, str(tmp_path / "xla_cache"), "--config.train.num_steps=100000")
@@ -75,7 +72,6 @@ def test_sigterm_saves_and_reports_the_step_it_really_wrote(tmp_path):
   assert f"(checkpoint {step} saved" in stopped[0] and (workdir / "checkpoints" / str(step)).is_dir()
 
 
-@pytest.mark.slow
 def test_kill_during_a_save_leaves_the_previous_step_and_the_rerun_cleans_up(tmp_path):
   workdir, cache = tmp_path / "run", str(tmp_path / "xla_cache")
   run = _train(workdir, cache, "--config.train.num_steps=100000")
