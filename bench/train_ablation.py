@@ -3,8 +3,8 @@
   python bench/train_ablation.py --steps=1500 model.hidden_size=128 train.flow_shift=1.0
 
 Trains in-process with the same pieces as `python -m sana_jax.train` (codecs, data pipeline,
-train step, sampler) but without checkpoints or logs, the next batch encoded on a background
-thread while the step runs and the loss read back only every 100 steps. Then samples
+train step, sampler) but without checkpoints or logs, the next batch encoded on the loop's
+prefetch thread while the step runs and the loss read back only every 100 steps. Then samples
 `sampling.num_eval_images` held-out prompts and scores them with the shapes evaluator. Prints one
 JSON line: overrides, steps, steps/s, final loss (mean of the last 100 steps), train and eval wall
 seconds, compile seconds and the per-task scores. The figures in docs/training.md's ablation table
@@ -13,19 +13,16 @@ come from this script.
 import argparse
 import ast
 import json
-import queue
 import sys
-import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sana_jax import configs
 from sana_jax.data import pipeline, shapes_eval
-from sana_jax.optim.registry import build_optimizer, make_schedule
-from sana_jax.training import loop, step, train_state
+from sana_jax.sampling import grid
+from sana_jax.training import host, loop, train_state
 
 
 def apply_overrides(cfg, overrides):
@@ -44,51 +41,33 @@ def apply_overrides(cfg, overrides):
   return cfg
 
 
-def batches(cfg, autoencoder, text_encoder, depth=3):
-  """Model-input batches, encoded on a background thread (a queue of `depth`)."""
-  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
-  q = queue.Queue(depth)
-  stop = threading.Event()
-
-  def work():
-    while not stop.is_set():
-      q.put(jax.device_put(loop.encode_batch(next(data), autoencoder, text_encoder)))
-
-  threading.Thread(target=work, daemon=True).start()
-  return q, stop
-
-
 def run(cfg, num_steps, seconds=None):
   """Trains cfg for num_steps (or until `seconds` of wall time), evaluates; -> result dict."""
   t0 = time.perf_counter()
-  tx = build_optimizer(cfg.optimizer)
-  autoencoder, text_encoder = loop.build_codecs(cfg)
-  graphdef, state, _ = train_state.create_train_state(cfg, tx)
-  null_text = jnp.asarray(text_encoder.null_embedding()[0][0])
-  update = step.jit_train_step(step.make_train_step(
-      graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
-      learning_rate_fn=make_schedule(cfg.optimizer)))
-  q, stop = batches(cfg, autoencoder, text_encoder)
+  autoencoder, text_encoder, graphdef, state, update, _ = loop.single_device_training(cfg)
+  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
+  prepare = lambda b: jax.device_put(loop.encode_batch(b, autoencoder, text_encoder))
   losses, pending, compile_s = [], [], None
   done = 0
-  while done < num_steps:
-    state, m = update(state, q.get())
-    done += 1
-    pending.append(m["loss"])
-    if done == 1:
-      jax.block_until_ready(m["loss"])
-      compile_s = time.perf_counter() - t0
-      t_start = time.perf_counter()
-    if seconds is not None and time.perf_counter() - t0 > seconds:
-      break
-    if done % 100 == 0:
-      losses.extend(float(x) for x in pending)
-      pending = []
-      print(f"step {done}: loss {np.mean(losses[-100:]):.4f}, "
-            f"{(done - 1) / (time.perf_counter() - t_start):.2f} steps/s", file=sys.stderr, flush=True)
+  with host.Prefetcher(data, prepare, depth=3) as batches:
+    while done < num_steps:
+      batch, _ = next(batches)  # (prepared batch, iterator state)
+      state, m = update(state, batch)
+      done += 1
+      pending.append(m["loss"])
+      if done == 1:
+        jax.block_until_ready(m["loss"])
+        compile_s = time.perf_counter() - t0
+        t_start = time.perf_counter()
+      if seconds is not None and time.perf_counter() - t0 > seconds:
+        break
+      if done % 100 == 0:
+        losses.extend(float(x) for x in pending)
+        pending = []
+        print(f"step {done}: loss {np.mean(losses[-100:]):.4f}, "
+              f"{(done - 1) / (time.perf_counter() - t_start):.2f} steps/s", file=sys.stderr, flush=True)
   losses.extend(float(x) for x in pending)
   jax.block_until_ready(state.params)
-  stop.set()
   train_s = time.perf_counter() - t_start
   result = {"steps": done, "steps_per_s": round((done - 1) / train_s, 2),
             "loss": round(float(np.mean(losses[-100:])), 4), "compile_s": round(compile_s, 1),
@@ -125,8 +104,8 @@ def main():
   cfg = apply_overrides(configs.get_config("tiny"), args.overrides)
   result, images, params = run(cfg, args.steps or cfg.train.num_steps, args.seconds)
   if args.grid:
-    from etils import epath
-    loop.save_grid(images[:32], epath.Path(args.grid))
+    prompts, _ = loop.heldout_shapes(cfg, len(images[:32]))
+    grid.save_grid(images[:32], prompts, args.grid)
   print(json.dumps({"overrides": args.overrides, **result}), flush=True)
   graphdef = train_state.model_graphdef(cfg.model)
   for setting in filter(None, args.sweep.split(";")):

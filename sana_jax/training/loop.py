@@ -68,6 +68,22 @@ def build_codecs(cfg):
   return autoencoder, text_encoder
 
 
+def single_device_training(cfg):
+  """The default job's codecs, fresh train state and jitted step on one device, unsharded (for
+  benchmarks and tests that drive the step themselves; `train_and_evaluate` shards its own).
+
+  -> (autoencoder, text_encoder, graphdef, state, update, null_text [L, C]); update(state, batch).
+  """
+  tx = build_optimizer(cfg.optimizer)
+  autoencoder, text_encoder = build_codecs(cfg)
+  graphdef, state, _ = train_state.create_train_state(cfg, tx)
+  null_text = jnp.asarray(text_encoder.null_embedding()[0][0])  # [L, C]
+  update = step.jit_train_step(step.make_train_step(
+      graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
+      learning_rate_fn=make_schedule(cfg.optimizer)))
+  return autoencoder, text_encoder, graphdef, state, update, null_text
+
+
 def encode_batch(host_batch, autoencoder, text_encoder) -> dict:
   """Pipeline batch (images in [-1, 1], captions) -> model inputs as numpy arrays.
 

@@ -7,14 +7,12 @@ the shared 2-core VM under a load of ~10; expect well under 60 s on idle cores. 
 figures (evaluator scores) live in docs/training.md.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from sana_jax import configs
 from sana_jax.data import pipeline
-from sana_jax.optim.registry import build_optimizer, make_schedule
-from sana_jax.training import loop, objective, step, train_state
+from sana_jax.training import loop, objective
 
 STEPS = 150
 BATCH = 16
@@ -25,13 +23,7 @@ def test_default_config_loss_falls_by_factor():
   cfg = configs.get_config("tiny")
   cfg.train.batch_size = BATCH
   cfg.optimizer.update(warmup_steps=20, schedule="constant")
-  tx = build_optimizer(cfg.optimizer)
-  autoencoder, text_encoder = loop.build_codecs(cfg)
-  graphdef, state, _ = train_state.create_train_state(cfg, tx)
-  null_text = jnp.asarray(text_encoder.null_embedding()[0][0])
-  update = step.jit_train_step(step.make_train_step(
-      graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
-      learning_rate_fn=make_schedule(cfg.optimizer)))
+  autoencoder, text_encoder, graphdef, state, update, null_text = loop.single_device_training(cfg)
 
   held_out = pipeline.make_dataset(cfg.data, 64, seed=123)
   eval_batch = loop.encode_batch(next(held_out), autoencoder, text_encoder)
