@@ -42,7 +42,7 @@ class Trainer:
   def __init__(self, cfg):
     self.cfg = cfg
     self.autoencoder, self.text_encoder = loop.build_codecs(cfg)
-    self.null_text = jnp.asarray(self.text_encoder.null_embedding()[0][0])
+    self.null_text, self.null_mask = (jnp.asarray(a[0]) for a in self.text_encoder.null_embedding())
     self.tx = build_optimizer(cfg.optimizer)
     self._steps = {}
 
@@ -50,7 +50,8 @@ class Trainer:
     key = (model_cfg.depth, model_cfg.qk_norm)
     if key not in self._steps:
       graphdef = train_state.model_graphdef(model_cfg)
-      fn = step.make_train_step(graphdef, self.tx, self.cfg.train, null_text=self.null_text, seed=self.cfg.seed)
+      fn = step.make_train_step(graphdef, self.tx, self.cfg.train, null_text=self.null_text,
+                                null_mask=self.null_mask, seed=self.cfg.seed)
       self._steps[key] = step.jit_train_step(fn)
     return self._steps[key]
 

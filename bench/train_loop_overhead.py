@@ -36,8 +36,9 @@ def bare_step_time(cfg, batches) -> float:
   tx = build_optimizer(cfg.optimizer)
   graphdef, state, shardings = train_state.create_train_state(cfg, tx, mesh)
   _, text_encoder = loop.build_codecs(cfg)
+  null_text, null_mask = (jnp.asarray(a[0]) for a in text_encoder.null_embedding())
   update = step.jit_train_step(
-      step.make_train_step(graphdef, tx, cfg.train, null_text=jnp.asarray(text_encoder.null_embedding()[0][0]),
+      step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask,
                            seed=cfg.seed, learning_rate_fn=make_schedule(cfg.optimizer),
                            param_shardings=shardings.params),
       mesh, shardings, sharding.batch_sharding(mesh, rules, cfg.model), rules)

@@ -65,7 +65,7 @@ def train_torch(cfg, init_params, graphdef, seconds):
   schedule = make_schedule(o)
   lr_at = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: float(schedule(i)))
   autoencoder, text_encoder = loop.build_codecs(cfg)
-  null_text = torch.from_numpy(np.asarray(text_encoder.null_embedding()[0][0]))
+  null_text, null_mask = (torch.from_numpy(np.asarray(a[0])) for a in text_encoder.null_embedding())
   data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
   gen = torch.Generator().manual_seed(cfg.seed)
   losses, steps = [], 0
@@ -76,7 +76,8 @@ def train_torch(cfg, init_params, graphdef, seconds):
     sigma = torch_sigmas(gen, x0.shape[0], cfg.train)
     noise = torch.randn(x0.shape, generator=gen)
     drop = torch.rand(x0.shape[0], generator=gen) < cfg.train.caption_dropout
-    text = torch.where(drop[:, None, None], null_text[None], text)
+    text = torch.where(drop[:, None, None], null_text[None], text)  # the null prompt with its mask,
+    mask = torch.where(drop[:, None], null_mask[None].to(mask.dtype), mask)  # as objective.drop_captions
     s = sigma[:, None, None, None]
     x_t = (1.0 - s) * x0 + s * noise
     v = model(x_t, encoder_hidden_states=text, timestep=sigma * objective.NUM_TRAIN_TIMESTEPS,

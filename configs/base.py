@@ -39,6 +39,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   m.seq_parallel_axis = config_dict.placeholder(str)        # typed None: settable from flags
   m.seq_parallel_batch_axis = config_dict.placeholder(object)  # "data" or '("data", "fsdp")'
   m.remat_policy = "none"         # "none" | "full" | "dots" | "dots_no_batch" (see models/transformer.py)
+  m.scan_unroll = 1               # blocks per iteration of the layer scan; = depth: a straight-line stack
+                                  # (faster for a few small blocks on CPU, longer compiles for deep models)
   m.dtype = "float32"             # compute dtype
   m.param_dtype = "float32"
   m.update(overrides)

@@ -11,7 +11,7 @@ def get_config():
   c = base_config()
   c.model.update(name="tiny", in_channels=48, out_channels=48, hidden_size=64, depth=2,
                  cross_num_heads=2, cross_head_dim=32, caption_channels=32, qk_norm=True,
-                 sample_size=8)
+                 sample_size=8, scan_unroll=2)
   c.codecs.update(autoencoder="space_to_depth", autoencoder_factor=4, text_encoder="word_embedding",
                   max_text_length=16)
   c.data.update(name="shapes", image_size=32)

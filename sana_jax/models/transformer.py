@@ -348,7 +348,7 @@ class SanaTransformer(nnx.Module):
     policy = self.cfg.remat_policy
     if policy != "none":
       body = jax.checkpoint(body, policy=REMAT_POLICIES[policy], prevent_cse=False)
-    return jax.lax.scan(body, x, state)
+    return jax.lax.scan(body, x, state, unroll=self.cfg.get("scan_unroll", 1))
 
   def unpatchify(self, x, t, grid):
     """Modulated norm + projection, tokens [B, N, D] -> [B, H, W, C_out]."""

@@ -77,9 +77,9 @@ def single_device_training(cfg):
   tx = build_optimizer(cfg.optimizer)
   autoencoder, text_encoder = build_codecs(cfg)
   graphdef, state, _ = train_state.create_train_state(cfg, tx)
-  null_text = jnp.asarray(text_encoder.null_embedding()[0][0])  # [L, C]
+  null_text, null_mask = (jnp.asarray(a[0]) for a in text_encoder.null_embedding())  # [L, C], [L]
   update = step.jit_train_step(step.make_train_step(
-      graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
+      graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask, seed=cfg.seed,
       learning_rate_fn=make_schedule(cfg.optimizer)))
   return autoencoder, text_encoder, graphdef, state, update, null_text
 
@@ -294,16 +294,16 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
     (workdir / "config.json").write_text(cfg.to_json(indent=2))
   host.on_main(write_start)
 
+  null_source = cache_source if cache_source is not None else text_encoder
+  null_text, null_mask = (jnp.asarray(a[0]) for a in null_source.null_embedding())  # [L, C], [L]
   if cache_source is not None:
-    null_text = jnp.asarray(cache_source.null_embedding()[0][0])  # [L, C]
     first = cache_source[0]
     latent_hw, text_tokens = first["latents"].shape[0], first["text"].shape[0]
   else:
-    null_text = jnp.asarray(text_encoder.null_embedding()[0][0])  # [L, C]
     latent_hw, text_tokens = cfg.data.image_size // autoencoder.spatial_compression, text_encoder.max_length
   update = step.jit_train_step(
-      step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
-                           learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params),
+      step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask,
+                           seed=cfg.seed, learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params),
       mesh, shardings, batch_sharding, rules)
   sampler = None
   if autoencoder:

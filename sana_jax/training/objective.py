@@ -6,7 +6,10 @@ training grid by a logit-normal index and then shifted towards noise by `flow_sh
     i = floor(sigmoid(N(mean, std)) * 1000),  sigma = shift(grid[i]),  grid = linspace(0, 0.999, 1000)
     shift(s) = flow_shift * s / (1 + (flow_shift - 1) * s)
 The loss is the plain (unweighted) mean squared error. Caption dropout swaps a sample's caption
-embedding for the null-prompt embedding and keeps its mask, as NVlabs does.
+embedding for the null-prompt embedding; given the null prompt's mask too, the mask is swapped with
+it, so the unconditional branch is trained on exactly what classifier-free guidance feeds it at
+sampling time ("" encoded with its own mask, as diffusers' SanaPipeline and our pipeline do).
+Without it the caption's mask is kept (NVlabs' dropout).
 """
 import jax
 import jax.numpy as jnp
@@ -30,18 +33,27 @@ def noisy_latents(x0, noise, sigma):
   return (1.0 - s) * x0 + s * noise
 
 
-def drop_captions(rng, text, null_text, probability):
-  """Replaces each sample's caption [B, L, C] by the null prompt [L, C] with `probability`."""
+def drop_captions(rng, text, null_text, probability, text_mask=None, null_mask=None):
+  """Replaces each sample's caption [B, L, C] by the null prompt [L, C] with `probability`.
+
+  With text_mask [B, L] and null_mask [L] the dropped rows' masks become null_mask too;
+  -> (text, text_mask).
+  """
   if probability <= 0.0:
-    return text
+    return text, text_mask
   if null_text.shape != text.shape[1:]:
     raise ValueError(f"null-prompt embedding must be [L, C]={text.shape[1:]}, got {null_text.shape}")
   drop = jax.random.uniform(rng, (text.shape[0],)) < probability
-  return jnp.where(drop[:, None, None], null_text[None].astype(text.dtype), text)
+  text = jnp.where(drop[:, None, None], null_text[None].astype(text.dtype), text)
+  if null_mask is not None and text_mask is not None:
+    if null_mask.shape != text_mask.shape[1:]:
+      raise ValueError(f"null-prompt mask must be [L]={text_mask.shape[1:]}, got {null_mask.shape}")
+    text_mask = jnp.where(drop[:, None], null_mask[None].astype(text_mask.dtype), text_mask)
+  return text, text_mask
 
 
 def flow_matching_loss(model, batch, rng, *, null_text, flow_shift, logit_mean=0.0, logit_std=1.0,
-                       caption_dropout=0.0):
+                       caption_dropout=0.0, null_mask=None):
   """Mean squared velocity error of `model` on one batch.
 
   batch: "latents" [B, H, W, C] (already scaled), "text" [B, L, C_text], "text_mask" [B, L].
@@ -52,8 +64,9 @@ def flow_matching_loss(model, batch, rng, *, null_text, flow_shift, logit_mean=0
   sigma = sample_sigmas(rng_sigma, x0.shape[0], flow_shift=flow_shift, logit_mean=logit_mean,
                         logit_std=logit_std)
   noise = jax.random.normal(rng_noise, x0.shape, jnp.float32)
-  text = drop_captions(rng_drop, batch["text"], null_text, caption_dropout)
+  text, text_mask = drop_captions(rng_drop, batch["text"], null_text, caption_dropout,
+                                  batch["text_mask"], null_mask)
   x_t = noisy_latents(x0, noise, sigma)
-  velocity = model(x_t, sigma * NUM_TRAIN_TIMESTEPS, text, batch["text_mask"])
+  velocity = model(x_t, sigma * NUM_TRAIN_TIMESTEPS, text, text_mask)
   loss = jnp.mean(jnp.square(velocity.astype(jnp.float32) - (noise - x0)))
   return loss, {"sigma": sigma}

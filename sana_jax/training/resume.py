@@ -10,7 +10,8 @@ the two ways forward); every other field is applied with a one-line notice:
           the saved train state's tree, shapes or dtypes (e.g. EMA switched on or off)
   notice: everything else: learning rate and schedule, batch size, steps, logging, checkpoint and
           sample cadence, sampling, data loading, mesh, seed, and the model's runtime knobs
-          (attention_impl, remat_policy, dtype, seq_parallel_axis, seq_parallel_batch_axis)
+          (attention_impl, remat_policy, dtype, seq_parallel_axis, seq_parallel_batch_axis,
+          scan_unroll)
 """
 import json
 import os
@@ -19,7 +20,7 @@ import time
 
 # Fields under model.* that change how the step runs, not what the weights mean.
 RUNTIME_MODEL_FIELDS = ("attention_impl", "remat_policy", "dtype", "seq_parallel_axis",
-                        "seq_parallel_batch_axis")
+                        "seq_parallel_batch_axis", "scan_unroll")
 # Optimiser fields that decide the optimiser state's layout (which arrays, which shapes).
 OPTIMIZER_LAYOUT_FIELDS = ("name", "min_8bit_size", "block_size", "layer_axis_pattern")
 

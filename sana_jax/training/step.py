@@ -46,10 +46,11 @@ def accumulate_gradients(grad_fn, params, batch, rng, num_micro: int):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, null_text, seed: int,
-                    learning_rate_fn=None, param_shardings=None):
+                    learning_rate_fn=None, param_shardings=None, null_mask=None):
   """The update function for `TrainState`s of the model `graphdef`.
 
-  null_text [L, C]: the null-prompt embedding used for caption dropout.
+  null_text [L, C]: the null-prompt embedding used for caption dropout; null_mask [L]: its mask,
+    swapped in with it (else a dropped caption keeps its own mask; see objective.drop_captions).
   learning_rate_fn(step) -> lr, reported in the metrics when given.
   param_shardings: when given, gradients are constrained to the parameters' shardings, so the
     compiler reduce-scatters them instead of materialising full copies (FSDP).
@@ -59,7 +60,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, nu
     return flow_matching_loss(
         model, batch, rng, null_text=null_text, flow_shift=train_cfg.flow_shift,
         logit_mean=train_cfg.logit_mean, logit_std=train_cfg.logit_std,
-        caption_dropout=train_cfg.caption_dropout)
+        caption_dropout=train_cfg.caption_dropout, null_mask=null_mask)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   ema_decay = float(train_cfg.ema_decay)

@@ -46,11 +46,25 @@ def test_noisy_latents_interpolate_between_data_and_noise():
 def test_caption_dropout_swaps_whole_captions_for_the_null_prompt():
   text = jnp.ones((512, 3, 2))
   null = jnp.full((3, 2), -5.0)
-  out = np.asarray(objective.drop_captions(jax.random.key(1), text, null, 0.1))
+  out, mask = objective.drop_captions(jax.random.key(1), text, null, 0.1)
+  out = np.asarray(out)
   dropped = (out == -5.0).all(axis=(1, 2))
   kept = (out == 1.0).all(axis=(1, 2))
   assert (dropped | kept).all()
   assert 0.05 < dropped.mean() < 0.15
+  assert mask is None
+
+
+def test_caption_dropout_with_the_null_mask_swaps_the_mask_of_exactly_the_dropped_rows():
+  text, mask = jnp.ones((512, 3, 2)), jnp.ones((512, 3), jnp.int32)
+  null, null_mask = jnp.full((3, 2), -5.0), jnp.array([1, 0, 0], jnp.int32)
+  out, out_mask = objective.drop_captions(jax.random.key(1), text, null, 0.1, mask, null_mask)
+  dropped = np.asarray((out == -5.0).all(axis=(1, 2)))
+  np.testing.assert_array_equal(np.asarray(out_mask)[dropped], np.tile([1, 0, 0], (dropped.sum(), 1)))
+  np.testing.assert_array_equal(np.asarray(out_mask)[~dropped], 1)
+  assert 0.05 < dropped.mean() < 0.15
+  with pytest.raises(ValueError, match="null-prompt mask"):
+    objective.drop_captions(jax.random.key(1), text, null, 0.1, mask, jnp.ones((4,), jnp.int32))
 
 
 def test_caption_dropout_rejects_a_null_prompt_of_the_wrong_shape():
