@@ -1,7 +1,7 @@
 """LoRA files both ways against the real thing: PEFT 0.21 adapters on a tiny random diffusers
 SanaTransformer2DModel, saved with diffusers' SanaPipeline.save_lora_weights, loaded here; our
 adapters saved here, loaded by diffusers the way SanaPipeline.load_lora_weights does
-calls); several weighted adapters; keys that match no layer."""
+several weighted adapters; keys that match no layer."""
 import copy
 import json
 
