@@ -2,9 +2,14 @@
 
   add_lora(model, lora_cfg, *, rngs, adapter_name="default") -> model   (in place, also returned)
   lora_state(model, adapter_name=None) -> nnx.State of the adapter weights (nnx.LoRAParam)
-  set_adapters(model, names, weights=None)  fuse_lora(model, scale=1.0, adapter_names=None)
-  unfuse_lora(model)  delete_adapter(model, name)  unload_lora(model)  set_dropout_key(model, key)
+  adapters(model) -> {name: config dict}   lora_layers(model) -> {Target: LoRALinear}
+  set_adapters(model, names, weights=None)   set_adapter_weight(model, name, weight)
+  fuse_lora(model, scale=1.0, adapter_names=None)   unfuse_lora(model)
+  delete_adapter(model, name)   unload_lora(model)   set_dropout_key(model, key)
+  copy_structure(src, dst): dst (e.g. an abstract model to restore a checkpoint into) gets src's
+      adapter layout, zero-valued
   lora_targets(cfg) / match_targets(cfg, target_modules): which layers a pattern selects
+Files (diffusers / PEFT format): sana_jax/convert/lora.py (save_lora / load_lora).
 
 A targeted `nnx.Linear` is replaced by a `LoRALinear` that keeps the very same `kernel` / `bias`
 variables (same state paths, so checkpoints, conversion tables and FSDP rules of the base model are

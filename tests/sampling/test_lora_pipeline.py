@@ -106,3 +106,19 @@ def test_sample_cli_lora_flag_with_scale(tiny_folder, files, tmp_path):
   from PIL import Image
   pngs = np.stack([np.asarray(Image.open(out / i["file"])) for i in settings["images"]])
   np.testing.assert_array_equal(pngs, (expected * 255).round().astype(np.uint8))
+
+
+def test_sequence_parallel_and_device_spread_keep_the_adapters(tiny_folder, files, latents):
+  pipe = SanaPipeline.from_pretrained(tiny_folder[0])
+  pipe.load_lora_weights(files["theirs"], adapter_name="theirs", scale=0.8)
+  args = dict(latents=latents[1:], sampler="flow_euler", complex_human_instruction=None,
+              output_type="latent", **SMALL)
+  whole = pipe(PROMPTS[1], **args).images
+  pipe.enable_sequence_parallel()  # one image on 8 devices: the token-split graph carries the adapter
+  split = pipe(PROMPTS[1], **args).images
+  assert len(split.sharding.device_set) == 8
+  np.testing.assert_allclose(np.asarray(split), np.asarray(whole), atol=1e-5, rtol=0)
+  pipe.disable_sequence_parallel()
+  noise = np.repeat(latents[1:], 8, axis=0)  # 8 images: spread over the devices, adapter replicated
+  spread = pipe(PROMPTS[1], **dict(args, latents=noise), num_images_per_prompt=8).images
+  np.testing.assert_allclose(np.asarray(spread[:1]), np.asarray(whole), atol=1e-5, rtol=0)
