@@ -4,6 +4,7 @@
   lora_state(model, adapter_name=None) -> nnx.State of the adapter weights (nnx.LoRAParam)
   adapters(model) -> {name: config dict}   lora_layers(model) -> {Target: LoRALinear}
   set_adapters(model, names, weights=None)   set_adapter_weight(model, name, weight)
+  scaled_weights(state, factor): a split state with every adapter weight times factor
   fuse_lora(model, scale=1.0, adapter_names=None)   unfuse_lora(model)
   delete_adapter(model, name)   unload_lora(model)   set_dropout_key(model, key)
   copy_structure(src, dst): dst (e.g. an abstract model to restore a checkpoint into) gets src's
@@ -290,6 +291,14 @@ def set_adapter_weight(model, name, weight):
     if name in layer.lora_weight:
       v = layer.lora_weight[name]
       v[...] = jnp.full_like(v[...], float(weight))
+
+
+def scaled_weights(state, factor) -> nnx.State:
+  """A copy of a model state with every adapter's weight times `factor` (diffusers' per-call
+  `attention_kwargs={"scale": factor}`); fused adapters are in the kernels and keep their scale."""
+  flat = [(p, v.replace(v[...] * jnp.float32(factor)) if "lora_weight" in p else v)
+          for p, v in nnx.to_flat_state(state)]
+  return nnx.from_flat_state(flat)
 
 
 def fuse_lora(model, scale: float = 1.0, adapter_names=None):
