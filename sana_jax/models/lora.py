@@ -114,7 +114,7 @@ class LoRALinear(nnx.Linear):
       setattr(self, name, getattr(base, name))
     self.lora_A, self.lora_B = nnx.Dict(), nnx.Dict()
     self.lora_scale, self.lora_weight, self.lora_rng = nnx.Dict(), nnx.Dict(), nnx.Dict()
-    self.lora_dropout = ()  # ((adapter, rate), ...)
+    self.lora_rates = ()  # ((adapter, dropout rate), ...), one per adapter in the order added
     self.lora_fused = ()    # ((adapter, fused weight), ...): already in the kernel, skipped in __call__
     self.deterministic = True
 
@@ -137,13 +137,13 @@ class LoRALinear(nnx.Linear):
     self.lora_weight[name] = LoRAScale(jnp.ones_like(scale, jnp.float32), **meta(lead))
     if dropout:
       self.lora_rng[name] = LoRARng(jnp.zeros(tuple(scale.shape) + (2,), jnp.uint32), **meta(lead + (None,)))
-    self.lora_dropout = tuple(d for d in self.lora_dropout if d[0] != name) + ((name, float(dropout)),)
+    self.lora_rates = tuple(d for d in self.lora_rates if d[0] != name) + ((name, float(dropout)),)
 
   def remove_adapter(self, name):
     for group in (self.lora_A, self.lora_B, self.lora_scale, self.lora_weight, self.lora_rng):
       if name in group:
         del group[name]
-    self.lora_dropout = tuple(d for d in self.lora_dropout if d[0] != name)
+    self.lora_rates = tuple(d for d in self.lora_rates if d[0] != name)
 
   def delta(self, name):
     """The adapter's kernel update weight * scale * A B, [*L, in, out] float32."""
@@ -155,7 +155,7 @@ class LoRALinear(nnx.Linear):
     y = super().__call__(inputs, out_sharding=out_sharding)
     fused = dict(self.lora_fused)
     dtype = y.dtype
-    for name, rate in self.lora_dropout:
+    for name, rate in self.lora_rates:
       if name in fused:
         continue
       x = inputs.astype(dtype)
@@ -363,7 +363,7 @@ def copy_structure(src, dst):
   the adapter layout of `src`, with zero values: merge it with src's state afterwards."""
   for target, layer in lora_layers(src).items():
     new = lora_layer(dst, target)
-    for name, rate in layer.lora_dropout:
+    for name, rate in layer.lora_rates:
       zeros = lambda v: jnp.zeros(v[...].shape, v[...].dtype)
       new.add_adapter(name, zeros(layer.lora_A[name]), zeros(layer.lora_B[name]),
                       zeros(layer.lora_scale[name]), rate)
