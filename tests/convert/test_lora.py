@@ -14,6 +14,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 import sana_jax
+from sana_jax.convert.checkpoints import export_diffusers
 from sana_jax.configs.base import lora_config
 from sana_jax.convert import lora as lora_io
 from sana_jax.convert.tensors import CheckpointError, read_safetensors
@@ -139,3 +140,18 @@ def test_keys_that_match_no_layer_are_listed_in_one_line(reference, tmp_path):
   assert "attn1.to_qq.lora_B" in message and not lora.adapters(model)
   with pytest.raises(CheckpointError, match="does not exist"):
     lora_io.load_lora(model, tmp_path / "nowhere.safetensors")
+
+
+def test_fused_lora_exports_as_a_merged_diffusers_transformer(reference, tmp_path):
+  ref, folder = reference
+  peft_ref = copy.deepcopy(ref)
+  _peft_adapter(peft_ref, "x", seed=4, r=4, lora_alpha=8, target_modules=PEFT_TARGETS)
+  file = _save_diffusers(peft_ref, "x", tmp_path / "lora")
+  model = lora_io.load_lora(sana_jax.load_transformer(folder), file, adapter_name="x", scale=0.7)
+  peft_ref.set_adapters(["x"], weights=[0.7])
+  lora.fuse_lora(model)
+  export_diffusers(model, tmp_path / "merged")  # the base names only: the kernels hold the update
+  merged = diffusers.SanaTransformer2DModel.from_pretrained(tmp_path / "merged").eval()
+  x, t, txt, mask = inputs(3)
+  err = _max_error(reference_forward(merged, x, t, txt, mask), reference_forward(peft_ref, x, t, txt, mask))
+  assert err <= 1e-4, err  # measured 1.0e-6
