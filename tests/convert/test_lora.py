@@ -8,6 +8,7 @@ import json
 import diffusers
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from flax import nnx
 from peft import LoraConfig
@@ -132,12 +133,18 @@ def test_keys_that_match_no_layer_are_listed_in_one_line(reference, tmp_path):
   layers["transformer_blocks.7.attn1.to_q.lora_A.weight"] = torch.zeros(2, 64)
   layers["transformer_blocks.0.attn1.to_qq.lora_B.weight"] = torch.zeros(64, 2)
   diffusers.SanaPipeline.save_lora_weights(tmp_path, transformer_lora_layers=layers)
+  file = tmp_path / lora_io.WEIGHT_NAME
+  tensors = safetensors.torch.load_file(file)
+  tensors["text_encoder.layers.0.q_proj.lora_A.weight"] = torch.zeros(2, 8)  # a text-encoder LoRA
+  safetensors.torch.save_file(tensors, file)
   model = sana_jax.load_transformer(folder)
-  with pytest.raises(CheckpointError, match="2 keys match no layer") as err:
+  with pytest.raises(CheckpointError, match="3 keys match no layer") as err:
     lora_io.load_lora(model, tmp_path)
   message = str(err.value)
   assert "\n" not in message and "transformer_blocks.7.attn1.to_q.lora_A" in message
-  assert "attn1.to_qq.lora_B" in message and not lora.adapters(model)
+  assert "attn1.to_qq.lora_B" in message and "text_encoder.layers.0" in message
+  assert "attn1.to_q.lora_A" not in message.replace("7.attn1.to_q.lora_A", "")  # the good keys are not listed
+  assert not lora.adapters(model)
   with pytest.raises(CheckpointError, match="does not exist"):
     lora_io.load_lora(model, tmp_path / "nowhere.safetensors")
 
