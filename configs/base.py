@@ -103,6 +103,29 @@ def codecs_config(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
+def lora_config(**overrides) -> ml_collections.ConfigDict:
+  """LoRA adapter on the transformer's linear maps (docs/lora.md, sana_jax/models/lora.py).
+
+  Not part of base_config(): a run has a `lora` section only when it trains or samples with an
+  adapter (configs/lora.py adds `c.lora = lora_config()`), so the stored config of a full
+  fine-tuning checkpoint is unchanged and compares equal on resume.
+  target_modules: names as diffusers / PEFT users write them ("to_q", "attn2.to_q", "to_out.0",
+  "ff.conv_inverted", ...): a name matches a layer when it equals the layer's diffusers path or is
+  a suffix of it at a "." boundary; a string (not a tuple) is a regular expression matched in full.
+  """
+  lo = ml_collections.ConfigDict()
+  lo.rank = 16
+  lo.alpha = 16.0                 # scale = alpha / rank (alpha / sqrt(rank) with use_rslora)
+  lo.dropout = 0.0                # dropout on the adapter's input, training only
+  # Untyped, so a flag may give a tuple ('("to_q", "attn2.to_k")') or a regex string ('.*attn1.*').
+  lo.target_modules = config_dict.FieldReference(("to_q", "to_k", "to_v", "to_out.0"), field_type=object)
+  lo.init = "gaussian"            # PEFT: "gaussian" A ~ N(0, std 1/rank); "kaiming" A ~ kaiming-uniform(a=sqrt 5); B = 0
+  lo.use_rslora = False
+  lo.base_model = ""              # the base checkpoint the adapter was trained on (recorded on export)
+  lo.update(overrides)
+  return lo
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = model_config()

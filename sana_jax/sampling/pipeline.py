@@ -15,6 +15,11 @@ When the number of images divides over the local devices, latents, text and deco
 the batch axis over all of them (parameters replicated), so a TPU host uses every chip; after
 `enable_sequence_parallel()` a batch that does not (one 4K image) has its tokens split over them.
 
+LoRA, with diffusers' names (docs/lora.md): `pipe.load_lora_weights(path, adapter_name=..., scale=...)`
+reads a diffusers / PEFT SANA LoRA file or one we saved, `set_adapters(names, adapter_weights)`,
+`fuse_lora()` / `unfuse_lora()`, `delete_adapters(names)`, `unload_lora_weights()`; changing
+weights reuses the compiled loop, adding or fusing adapters compiles it once more.
+
 Loading and writing every pipeline format lives in sana_jax/convert/pipeline.py: `convert_pipeline(src,
 dst, to="sana_jax")` writes our export (Orbax, loads without PyTorch), `to="diffusers"` a folder that
 diffusers' SanaPipeline reads.
@@ -35,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sana_jax import compilation_cache
 from sana_jax.convert.pipeline import convert_pipeline, pipeline_parts
 from sana_jax.data.buckets import nearest_bucket, scale_table
+from sana_jax.models import lora
 from sana_jax.models.transformer import SanaTransformer
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling.schedulers import SAMPLERS, scheduler_from_config
@@ -181,6 +187,56 @@ class SanaPipeline:
     parts, _ = pipeline_parts(path, dtype=dtype, variant=variant)
     return cls(**parts)
 
+  # --------------------------------------------------------------------------- LoRA
+  def load_lora_weights(self, path, adapter_name: str | None = None, scale: float = 1.0):
+    """Adds the LoRA in `path` (a .safetensors file, or a folder with pytorch_lora_weights.safetensors,
+    as diffusers' save_lora_weights writes it) to the transformer as `adapter_name` (default
+    "default_{n}", as diffusers names them) with weight `scale`; adapters loaded before stay active."""
+    from sana_jax.convert.lora import load_lora
+    if adapter_name is None:
+      adapter_name = f"default_{len(lora.adapters(self.transformer))}"
+    load_lora(self.transformer, path, adapter_name=adapter_name, scale=scale)
+    self._transformer_changed()
+
+  def save_lora_weights(self, path, adapter_name: str = "default", base_model=None) -> str:
+    """Writes one adapter as the file diffusers' SanaPipeline.load_lora_weights reads; returns it."""
+    from sana_jax.convert.lora import save_lora
+    return save_lora(self.transformer, path, adapter_name, base_model=base_model)
+
+  def get_list_adapters(self) -> dict:
+    """{"transformer": [adapter names]}, as diffusers returns it."""
+    return {"transformer": list(lora.adapters(self.transformer))}
+
+  def set_adapters(self, adapter_names, adapter_weights=None):
+    """Only `adapter_names` are active, with `adapter_weights` (default 1.0 each)."""
+    lora.set_adapters(self.transformer, adapter_names, adapter_weights)
+    self._transformer_changed()
+
+  def fuse_lora(self, lora_scale: float = 1.0, adapter_names=None):
+    """Adds lora_scale x the active adapters' updates into the transformer's kernels (same images)."""
+    lora.fuse_lora(self.transformer, lora_scale, adapter_names)
+    self._transformer_changed()
+
+  def unfuse_lora(self):
+    lora.unfuse_lora(self.transformer)
+    self._transformer_changed()
+
+  def delete_adapters(self, adapter_names):
+    for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
+      lora.delete_adapter(self.transformer, name)
+    self._transformer_changed()
+
+  def unload_lora_weights(self):
+    """Removes every adapter: the base transformer again."""
+    lora.unload_lora(self.transformer)
+    self._transformer_changed()
+
+  def _transformer_changed(self):
+    """The transformer's variables (or its structure) changed: split it again for the jitted loop."""
+    self._transformer_graph, self._transformer_state = _split(self.transformer)
+    self._replicated = {}
+    self._token_split_graphs = {}
+
   def enable_vae_tiling(self, tile_latent_size: int = 16, overlap: int = 2):
     """Decode in overlapping latent tiles (bounded memory for 4096^2 images; `DCAE.decode_tiled`)."""
     if not hasattr(self.vae, "decode_tiled"):
@@ -221,7 +277,8 @@ class SanaPipeline:
                complex_human_instruction: Sequence[str] | None = CHI_DEFAULT,
                max_sequence_length: int = 300, output_type: str = "pil", return_dict: bool = True,
                progress: bool = False, *, prompt_embeds=None, prompt_attention_mask=None,
-               negative_prompt_embeds=None, negative_prompt_attention_mask=None, generator=None):
+               negative_prompt_embeds=None, negative_prompt_attention_mask=None, generator=None,
+               attention_kwargs=None):
     """Generates images for `prompt` (a string or a list: one batch), diffusers' arguments.
 
     latents: initial noise, NHWC [B * num_images_per_prompt, height/f, width/f, C]; drawn from
@@ -234,8 +291,11 @@ class SanaPipeline:
     output_type: "pil" (list of PIL images), "np" (float32 [B, H, W, 3] in [0, 1]) or "latent".
     Returns a `SanaPipelineOutput`, or the images themselves with return_dict=False.
     progress: show a tqdm bar over the denoising steps.
+    attention_kwargs: as diffusers, {"scale": s} multiplies every loaded LoRA's weight by s for
+      this call (no recompilation); no other key is read.
     """
     start = time.perf_counter()
+    lora_scale = _lora_scale(attention_kwargs)
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     if sampler is not None and sampler not in SAMPLERS:
@@ -274,6 +334,8 @@ class SanaPipeline:
       if guided:
         neg_text, neg_mask = jax.device_put((neg_text, neg_mask), spread)
       transformer_state, vae_state = self._replicated_states(spread)
+    if lora_scale is not None:
+      transformer_state = lora.scaled_weights(transformer_state, lora_scale)
     # The loop's per-step host callback is ordered, which XLA allows on one device only.
     show = progress and spread is None
     with _progress(progress, scheduler.num_inference_steps) as bar, \
@@ -364,8 +426,8 @@ class SanaPipeline:
     if seq not in self._token_split_graphs:
       cfg = self.transformer.cfg.as_configdict()
       cfg.seq_parallel_axis, cfg.seq_parallel_batch_axis = "seq", "batch"
-      self._token_split_graphs[seq] = nnx.split(
-          nnx.eval_shape(lambda: SanaTransformer(cfg, rngs=nnx.Rngs(0))))[0]
+      self._token_split_graphs[seq] = nnx.split(nnx.eval_shape(
+          lambda: lora.copy_structure(self.transformer, SanaTransformer(cfg, rngs=nnx.Rngs(0)))))[0]
     return mesh, self._token_split_graphs[seq]
 
   def _replicated_states(self, spread):
@@ -421,6 +483,16 @@ def _noise_key(generator, seed):
     return generator
   raise ValueError(f"generator must be a seed (int) or a JAX key, got {type(generator).__name__}; "
                    "a torch.Generator has no JAX equivalent")
+
+
+def _lora_scale(attention_kwargs):
+  """diffusers' attention_kwargs: only "scale" (the LoRA scale of the call) has a meaning here."""
+  if attention_kwargs is None:
+    return None
+  unknown = sorted(set(attention_kwargs) - {"scale"})
+  if unknown:
+    raise ValueError(f"attention_kwargs: only 'scale' (the LoRA scale) is supported, got {unknown}")
+  return float(attention_kwargs["scale"]) if "scale" in attention_kwargs else None
 
 
 def _check_prompts(prompt) -> list[str]:
