@@ -1,0 +1,131 @@
+"""LoRA training: the adapter is the train state; the frozen base rides beside it.
+
+A config with a `lora` section (configs/lora.py) trains only the adapter that
+`sana_jax.models.lora.add_lora` puts on the transformer's linear maps:
+  - the TrainState's params, EMA and optimiser state are the adapter's `nnx.LoRAParam`s only;
+  - the base weights are read from `train.init_from` (any format `load_transformer` reads,
+    including a training workdir) once, in model.param_dtype (bfloat16 stays bfloat16), placed
+    by their logical shardings, and passed to the jitted step as a separate argument: never
+    differentiated, updated, donated or copied into the optimiser;
+  - checkpoints hold the adapter (the state) and `base_info`: the base's path and fingerprint, so
+    a resume against other base weights is refused (training/resume.py, `check_base`).
+
+The fingerprint hashes a strided sample (at most ~4096 values per array, rounded to bfloat16) of
+every base array together with its path and shape: the same weights give the same fingerprint in
+any dtype or sharding; any training step changes it.
+"""
+import dataclasses
+import hashlib
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sana_jax.training import sharding
+
+_SAMPLES_PER_ARRAY = 4096
+
+
+def enabled(cfg) -> bool:
+  """True for a LoRA config (one with a `lora` section of positive rank)."""
+  return cfg.get("lora") is not None and int(cfg.lora.rank) > 0
+
+
+def add_adapter(model, cfg, seed: int):
+  """Puts cfg.lora's adapter on `model` (in place; returns it)."""
+  from sana_jax.models import lora
+  lora.add_lora(model, cfg.lora, rngs=nnx.Rngs(seed))
+  return model
+
+
+def split(model):
+  """-> (graphdef, adapter, base): the LoRAParams and the other Params of a model with an adapter."""
+  graphdef, adapter, base, rest = nnx.split(model, nnx.LoRAParam, nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise ValueError("the model has state besides nnx.Param; the LoRA train state only carries its LoRAParams")
+  return graphdef, adapter, base
+
+
+def abstract_split(cfg):
+  """split() of cfg's model with its adapter, as ShapeDtypeStructs (nothing allocated)."""
+  from sana_jax.training.train_state import build_model
+  return split(nnx.eval_shape(lambda: add_adapter(build_model(cfg.model, 0), cfg, 0)))
+
+
+def _sample(x):
+  """A strided corner of `x` with at most ~_SAMPLES_PER_ARRAY values, as float32 of bfloat16."""
+  if x.ndim:
+    keep = max(1, math.ceil(_SAMPLES_PER_ARRAY ** (1.0 / x.ndim)))
+    x = x[tuple(slice(None, None, max(1, math.ceil(n / keep))) for n in x.shape)]
+  return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def fingerprint(params, mesh=None) -> str:
+  """16 hex digits identifying the weights `params` (an nnx.State; see the module docstring)."""
+  out = None if mesh is None else NamedSharding(mesh, P())
+  samples = jax.jit(lambda t: jax.tree.map(_sample, t), out_shardings=out)(params)
+  digest = hashlib.sha256()
+  for (path, leaf), sample in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(samples)):
+    digest.update(f"{jax.tree_util.keystr(path)}{tuple(leaf.shape)};".encode())
+    digest.update(np.asarray(sample, np.float32).tobytes())
+  return digest.hexdigest()[:16]
+
+
+ARCHITECTURE_KEYS = ("hidden_size", "depth", "patch_size", "in_channels", "out_channels", "caption_channels",
+                     "cross_num_heads", "cross_head_dim", "qk_norm", "mlp_ratio")
+
+
+def check_architecture(source_cfg, model_cfg, path) -> None:
+  """Raises ValueError naming each field where the checkpoint at `path` differs from model_cfg."""
+  diff = {k: (source_cfg[k], model_cfg[k]) for k in ARCHITECTURE_KEYS if source_cfg[k] != model_cfg[k]}
+  if diff:
+    raise ValueError(f"train.init_from={path!r} does not match model config (checkpoint, config): {diff}")
+
+
+@dataclasses.dataclass
+class FrozenBase:
+  """The base weights a LoRA run trains against, and the pointer its checkpoints keep."""
+  params: nnx.State      # Params in model.param_dtype, placed by `shardings`
+  shardings: object      # NamedShardings of the same tree (None without a mesh)
+  info: dict             # {"path", "fingerprint", "model"}: the checkpoints' `base` item
+
+
+def load_base(cfg, mesh=None) -> FrozenBase:
+  """Reads train.init_from in model.param_dtype and places it (by logical names on `mesh`)."""
+  from sana_jax.convert.checkpoints import load_transformer
+  path = cfg.train.get("init_from")
+  if not path:
+    raise ValueError("a LoRA config trains an adapter on a base model: pass it as "
+                     "--config.train.init_from=CHECKPOINT (ours, a diffusers folder, a .pth or a training workdir)")
+  source = load_transformer(path, dtype=jnp.dtype(cfg.model.param_dtype))
+  check_architecture(source.cfg, cfg.model, path)
+  info = {"path": os.path.abspath(path) if "://" not in path else path, "model": cfg.model.name,
+          "fingerprint": fingerprint(nnx.state(source, nnx.Param))}
+  _, _, base = split(add_adapter(source, cfg, cfg.seed))
+  _, _, abstract = abstract_split(cfg)
+  if jax.tree.structure(base) != jax.tree.structure(abstract):
+    raise ValueError(f"train.init_from={path!r}: its weights do not have the layout of model config "
+                     f"{cfg.model.name!r}")
+  if mesh is None:
+    return FrozenBase(base, None, info)
+  shardings = sharding.tree_shardings(abstract, mesh, sharding.axis_rules(cfg.mesh))
+  return FrozenBase(jax.device_put(base, shardings), shardings, info)
+
+
+def trained_model(cfg, adapter_params, base_info: dict | None):
+  """The base of a LoRA run (train.init_from) with its trained adapter on (unfused), for sampling
+  and export: what `load_transformer` returns for a LoRA training workdir. Raises ValueError
+  when the base on disk is no longer the one the adapter was trained on."""
+  from sana_jax.convert.checkpoints import load_transformer
+  model = load_transformer(cfg.train.init_from, dtype=jnp.dtype(cfg.model.param_dtype))
+  found = fingerprint(nnx.state(model, nnx.Param))
+  if base_info is not None and base_info.get("fingerprint") != found:
+    raise ValueError(f"the adapter was trained on the base {base_info.get('path')!r} (fingerprint "
+                     f"{base_info.get('fingerprint')}), but {cfg.train.init_from!r} now has fingerprint {found}")
+  add_adapter(model, cfg, cfg.seed)
+  nnx.update(model, adapter_params)
+  return model
