@@ -115,7 +115,8 @@ def lora_config(**overrides) -> ml_collections.ConfigDict:
   lo.rank = 16
   lo.alpha = 16.0                 # scale = alpha / rank (alpha / sqrt(rank) with use_rslora)
   lo.dropout = 0.0                # dropout on the adapter's input, training only
-  lo.target_modules = ("to_q", "to_k", "to_v", "to_out.0")
+  # Untyped, so a flag may give a tuple ('("to_q", "attn2.to_k")') or a regex string ('.*attn1.*').
+  lo.target_modules = config_dict.FieldReference(("to_q", "to_k", "to_v", "to_out.0"), field_type=object)
   lo.init = "gaussian"            # PEFT: "gaussian" A ~ N(0, std 1/rank); "kaiming" A ~ kaiming-uniform(a=sqrt 5); B = 0
   lo.use_rslora = False
   lo.base_model = ""              # the base checkpoint the adapter was trained on (recorded on export)

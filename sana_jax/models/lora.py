@@ -1,0 +1,343 @@
+"""LoRA adapters on the SANA transformer's linear maps, named as diffusers / PEFT users name them.
+
+  add_lora(model, lora_cfg, *, rngs, adapter_name="default") -> model   (in place, also returned)
+  lora_state(model, adapter_name=None) -> nnx.State of the adapter weights (nnx.LoRAParam)
+  set_adapters(model, names, weights=None)  fuse_lora(model, scale=1.0, adapter_names=None)
+  unfuse_lora(model)  delete_adapter(model, name)  unload_lora(model)  set_dropout_key(model, key)
+  lora_targets(cfg) / match_targets(cfg, target_modules): which layers a pattern selects
+
+A targeted `nnx.Linear` is replaced by a `LoRALinear` that keeps the very same `kernel` / `bias`
+variables (same state paths, so checkpoints, conversion tables and FSDP rules of the base model are
+unchanged) and adds, per adapter name,
+  lora_A[name]  [*L, in, r]   nnx.LoRAParam, fp32, sharding names (*L, <kernel in axis>, None)
+  lora_B[name]  [*L, r, out]  nnx.LoRAParam, fp32, zeros at init, (*L, None, <kernel out axis>)
+  lora_scale[name]  [*L]  LoRAScale: alpha / r (alpha / sqrt(r) with use_rslora); 0 on a stacked
+                         layer the patterns do not select (e.g. "transformer_blocks.0.attn1.to_q")
+  lora_weight[name] [*L]  LoRAScale: the set_adapters weight (1.0)
+where *L is the stacked layer axis ("layers", [depth]) of the SanaBlocks (nnx.vmap + one lax.scan)
+and empty for the top-level maps. y = x W + b + sum_a weight_a * scale_a * dropout(x) A_a B_a,
+the adapter product computed in the model's compute dtype, so a bf16 base stays bf16.
+
+Filters: base weights `BASE = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))`, adapter weights
+`nnx.LoRAParam`; LoRAScale and the dropout key (LoRARng) are not nnx.Param, so a Param filter never
+trains them. Dropout (lora_cfg.dropout > 0) acts only after `model.train()` (nnx sets
+`deterministic=False`) and needs `set_dropout_key(model, key)` before each step's forward.
+
+Targets: the diffusers names of every linear map of the transformer (derived from the conversion
+table in sana_jax/convert/transformer.py): transformer_blocks.{i}.attn1.to_q/to_k/to_v/to_out.0,
+attn2.*, ff.conv_inverted, ff.conv_point, time_embed.emb.timestep_embedder.linear_1/2,
+time_embed.linear, caption_projection.linear_1/2, proj_out. target_modules as PEFT reads it: a list
+of names, each matching a layer whose name equals it or ends with "." + it; a string is a regular
+expression the whole name must match.
+"""
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+BASE = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+INITS = ("gaussian", "kaiming")
+
+
+class LoRAScale(nnx.Variable):
+  """A fixed per-layer factor of an adapter (alpha / r, or its set_adapters weight); not trained."""
+
+
+class LoRARng(nnx.Variable):
+  """Raw PRNG key data [*L, 2] uint32 for adapter dropout, written by `set_dropout_key`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """A linear map of the transformer: our module path, diffusers module name ("{i}" = block)."""
+  path: tuple
+  diffusers: str
+  layers: int | None  # depth for the stacked blocks, None for a top-level map
+  conv1x1: bool       # a 1x1 Conv2d in diffusers (Mix-FFN): PEFT stores [r, in, 1, 1] weights
+
+  def names(self) -> list:
+    return [self.diffusers] if self.layers is None else [self.diffusers.format(i=i) for i in range(self.layers)]
+
+
+def lora_targets(cfg) -> list:
+  """Every map LoRA can adapt in the model `cfg` describes (patch_embed and the depthwise conv
+  are not linear maps and are not offered)."""
+  from sana_jax.convert.transformer import transformer_entries
+  return [Target(e.ours[:-1], e.theirs[:-len(".weight")], e.layers, e.kind == "conv1x1")
+          for e in transformer_entries(cfg) if e.ours[-1] == "kernel" and e.kind in ("linear", "conv1x1")]
+
+
+def _matches(name, target_modules) -> bool:
+  if isinstance(target_modules, str):
+    return re.fullmatch(target_modules, name) is not None
+  return any(name == t or name.endswith("." + t) for t in target_modules)
+
+
+def match_targets(cfg, target_modules) -> dict:
+  """{Target: bool mask [layers] (or [1] at top level)} of the maps the patterns select; a pattern
+  that selects nothing raises one line naming it and the names that exist."""
+  if not isinstance(target_modules, str):
+    target_modules = tuple(target_modules)
+  out = {}
+  for t in lora_targets(cfg):
+    mask = np.array([_matches(n, target_modules) for n in t.names()])
+    if mask.any():
+      out[t] = mask
+  names = [n for t in lora_targets(cfg) for n in t.names()]
+  patterns = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+  unused = [p for p in patterns if not any(_matches(n, p if isinstance(target_modules, str) else (p,))
+                                           for n in names)]
+  if unused or not out:
+    examples = sorted({re.sub(r"\.\d+\.", ".{i}.", n) for n in names})
+    raise ValueError(f"LoRA target_modules {unused or patterns} match no layer of the transformer; "
+                     f"layer names: {examples}")
+  return out
+
+
+class LoRALinear(nnx.Linear):
+  """nnx.Linear plus named low-rank adapters; built from an existing Linear, sharing its variables."""
+
+  def __init__(self, base: nnx.Linear):
+    for name in ("in_features", "out_features", "use_bias", "dtype", "param_dtype", "precision",
+                 "dot_general", "promote_dtype", "preferred_element_type", "kernel", "bias"):
+      setattr(self, name, getattr(base, name))
+    self.lora_A, self.lora_B = nnx.Dict(), nnx.Dict()
+    self.lora_scale, self.lora_weight, self.lora_rng = nnx.Dict(), nnx.Dict(), nnx.Dict()
+    self.lora_dropout = ()  # ((adapter, rate), ...)
+    self.lora_fused = ()    # ((adapter, fused weight), ...): already in the kernel, skipped in __call__
+    self.deterministic = True
+
+  def base_linear(self) -> nnx.Linear:
+    """A plain nnx.Linear over the same kernel / bias variables."""
+    lin = nnx.eval_shape(lambda: nnx.Linear(1, 1, use_bias=self.use_bias, rngs=nnx.Rngs(0)))
+    for name in ("in_features", "out_features", "dtype", "param_dtype", "precision", "dot_general",
+                 "promote_dtype", "preferred_element_type", "kernel", "bias"):
+      setattr(lin, name, getattr(self, name))
+    return lin
+
+  def add_adapter(self, name, a, b, scale, dropout=0.0):
+    """a [*L, in, r], b [*L, r, out], scale [*L] (fp32 arrays); sharding names follow the kernel."""
+    names = tuple(self.kernel.get_metadata().get("out_sharding") or (None,) * self.kernel[...].ndim)
+    lead = names[:-2]
+    meta = lambda n: dict(out_sharding=n, eager_sharding=False)
+    self.lora_A[name] = nnx.LoRAParam(a, **meta(lead + (names[-2], None)))
+    self.lora_B[name] = nnx.LoRAParam(b, **meta(lead + (None, names[-1])))
+    self.lora_scale[name] = LoRAScale(jnp.asarray(scale, jnp.float32), **meta(lead))
+    self.lora_weight[name] = LoRAScale(jnp.ones_like(scale, jnp.float32), **meta(lead))
+    if dropout:
+      self.lora_rng[name] = LoRARng(jnp.zeros(tuple(scale.shape) + (2,), jnp.uint32), **meta(lead + (None,)))
+    self.lora_dropout = tuple(d for d in self.lora_dropout if d[0] != name) + ((name, float(dropout)),)
+
+  def remove_adapter(self, name):
+    for group in (self.lora_A, self.lora_B, self.lora_scale, self.lora_weight, self.lora_rng):
+      if name in group:
+        del group[name]
+    self.lora_dropout = tuple(d for d in self.lora_dropout if d[0] != name)
+
+  def delta(self, name):
+    """The adapter's kernel update weight * scale * A B, [*L, in, out] float32."""
+    a, b = self.lora_A[name][...], self.lora_B[name][...]
+    factor = self.lora_scale[name][...] * self.lora_weight[name][...]
+    return jnp.einsum("...ir,...ro->...io", a, b, precision="highest") * factor[..., None, None]
+
+  def __call__(self, inputs, out_sharding=None):
+    y = super().__call__(inputs, out_sharding=out_sharding)
+    fused = dict(self.lora_fused)
+    dtype = y.dtype
+    for name, rate in self.lora_dropout:
+      if name in fused:
+        continue
+      x = inputs.astype(dtype)
+      if rate and not self.deterministic:
+        key = jax.random.wrap_key_data(self.lora_rng[name][...])
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        x = jnp.where(keep, x / (1.0 - rate), 0).astype(dtype)
+      factor = (self.lora_scale[name][...] * self.lora_weight[name][...]).astype(dtype)
+      y = y + (x @ self.lora_A[name][...].astype(dtype)) @ self.lora_B[name][...].astype(dtype) * factor
+    return y
+
+
+# ----------------------------------------------------------------------------- the model API
+def _get(model, path):
+  module = model
+  for p in path:
+    module = getattr(module, p)
+  return module
+
+
+def _set(model, path, value):
+  setattr(_get(model, path[:-1]), path[-1], value)
+
+
+def lora_layers(model) -> dict:
+  """{diffusers-style Target: LoRALinear} of the layers that carry adapters."""
+  return {t: m for t in lora_targets(model.cfg) if isinstance(m := _get(model, t.path), LoRALinear)}
+
+
+def adapters(model) -> dict:
+  """{adapter name: its config (rank, alpha, target_modules, init, use_rslora, dropout, base_model)}."""
+  return {name: cfg.to_dict() for name, cfg in getattr(model, "lora_adapters", ())}
+
+
+def scale_of(rank, alpha, use_rslora=False) -> float:
+  """PEFT's scaling: alpha / r, or alpha / sqrt(r) (rsLoRA)."""
+  return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
+
+
+def _register(model, name, info):
+  kept = tuple((n, c) for n, c in getattr(model, "lora_adapters", ()) if n != name)
+  model.lora_adapters = kept + ((name, ml_collections.FrozenConfigDict(info)),)
+
+
+def lora_layer(model, target) -> LoRALinear:
+  """The LoRALinear at `target` (a plain Linear there is wrapped first)."""
+  layer = _get(model, target.path)
+  if not isinstance(layer, LoRALinear):
+    layer = LoRALinear(layer)
+    _set(model, target.path, layer)
+  return layer
+
+
+def add_lora(model, lora_cfg, *, rngs: nnx.Rngs, adapter_name: str = "default"):
+  """Adds adapter `adapter_name` to the layers lora_cfg.target_modules selects (in place).
+
+  lora_cfg: `configs.base.lora_config()` fields (rank, alpha, dropout, target_modules, init,
+  use_rslora, base_model). A ~ N(0, 1/r) ("gaussian") or kaiming-uniform (PEFT's default), B = 0,
+  so the model's output is unchanged until B is trained. Returns the model.
+  """
+  rank, init = int(lora_cfg.rank), lora_cfg.get("init", "gaussian")
+  if rank < 1:
+    raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+  if init not in INITS:
+    raise ValueError(f"LoRA init must be one of {INITS}, got {init!r}")
+  if adapter_name in adapters(model):
+    raise ValueError(f"the model already has a LoRA adapter named {adapter_name!r}")
+  scale = scale_of(rank, lora_cfg.alpha, lora_cfg.get("use_rslora", False))
+  targets = lora_cfg.target_modules
+  for target, mask in match_targets(model.cfg, targets).items():
+    layer = lora_layer(model, target)
+    lead = () if target.layers is None else (target.layers,)
+    fan_in = layer.in_features
+    key = rngs.params()
+    if init == "gaussian":
+      a = jax.random.normal(key, lead + (fan_in, rank), jnp.float32) / rank
+    else:
+      bound = 1.0 / math.sqrt(fan_in)
+      a = jax.random.uniform(key, lead + (fan_in, rank), jnp.float32, -bound, bound)
+    b = jnp.zeros(lead + (rank, layer.out_features), jnp.float32)
+    s = jnp.asarray(mask if lead else mask[0], jnp.float32) * scale
+    layer.add_adapter(adapter_name, a, b, s, lora_cfg.get("dropout", 0.0))
+  info = dict(rank=rank, alpha=float(lora_cfg.alpha), init=init, dropout=float(lora_cfg.get("dropout", 0.0)),
+              use_rslora=bool(lora_cfg.get("use_rslora", False)), base_model=lora_cfg.get("base_model", ""),
+              target_modules=targets if isinstance(targets, str) else list(targets))
+  _register(model, adapter_name, info)
+  return model
+
+
+def lora_state(model, adapter_name: str | None = None) -> nnx.State:
+  """The adapter weights (all adapters, or one) as an nnx.State of LoRAParam."""
+  state = nnx.state(model, nnx.LoRAParam)
+  if adapter_name is None:
+    return state
+  flat = [(p, v) for p, v in nnx.to_flat_state(state) if adapter_name in p]
+  return nnx.from_flat_state(flat)
+
+
+def _check_names(model, names):
+  known = adapters(model)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"no LoRA adapter named {unknown}; the model has {sorted(known)}")
+
+
+def set_adapters(model, names, weights=None):
+  """Activates `names` (a name or a list) with `weights` (default 1.0 each); other adapters get
+  weight 0. Changes only variable values, so a compiled sampler is reused."""
+  names = [names] if isinstance(names, str) else list(names)
+  weights = [1.0] * len(names) if weights is None else ([weights] if np.isscalar(weights) else list(weights))
+  if len(weights) != len(names):
+    raise ValueError(f"set_adapters got {len(names)} adapters and {len(weights)} weights")
+  _check_names(model, names)
+  chosen = dict(zip(names, weights))
+  for layer in lora_layers(model).values():
+    if layer.lora_fused:
+      raise ValueError("unfuse_lora() before set_adapters: fused adapters are inside the kernels")
+    for name in layer.lora_weight:
+      v = layer.lora_weight[name]
+      v[...] = jnp.full_like(v[...], float(chosen.get(name, 0.0)))
+
+
+def fuse_lora(model, scale: float = 1.0, adapter_names=None):
+  """Adds scale * (each adapter's current weighted update) into the base kernels, in their dtype;
+  the fused adapters are then skipped in the forward pass (same output). `unfuse_lora` undoes it."""
+  names = list(adapters(model)) if adapter_names is None else list(adapter_names)
+  _check_names(model, names)
+  for layer in lora_layers(model).values():
+    done = dict(layer.lora_fused)
+    todo = [n for n in names if n in layer.lora_A and n not in done]
+    if not todo:
+      continue
+    kernel = layer.kernel[...]
+    update = sum(layer.delta(n) for n in todo) * scale
+    layer.kernel[...] = (kernel.astype(jnp.float32) + update).astype(kernel.dtype)
+    layer.lora_fused = layer.lora_fused + tuple((n, float(scale)) for n in todo)
+
+
+def unfuse_lora(model):
+  """Subtracts what `fuse_lora` added (exact in fp32 up to rounding; bf16 kernels keep the
+  rounding of the round trip, as in PEFT)."""
+  for layer in lora_layers(model).values():
+    if not layer.lora_fused:
+      continue
+    kernel = layer.kernel[...]
+    update = sum(layer.delta(n) * s for n, s in layer.lora_fused)
+    layer.kernel[...] = (kernel.astype(jnp.float32) - update).astype(kernel.dtype)
+    layer.lora_fused = ()
+
+
+def delete_adapter(model, name):
+  """Removes adapter `name` (unfused first); layers left without adapters become nnx.Linear again."""
+  _check_names(model, [name])
+  if any(layer.lora_fused for layer in lora_layers(model).values()):
+    unfuse_lora(model)
+  for target, layer in lora_layers(model).items():
+    layer.remove_adapter(name)
+    if not layer.lora_A:
+      _set(model, target.path, layer.base_linear())
+  model.lora_adapters = tuple((n, c) for n, c in model.lora_adapters if n != name)
+
+
+def unload_lora(model):
+  """Removes every adapter: the model is the base model again (diffusers' unload_lora_weights)."""
+  for name in list(adapters(model)):
+    delete_adapter(model, name)
+
+
+def set_dropout_key(model, key):
+  """Gives every adapter with dropout its own key derived from `key` (call once per train step)."""
+  for n, (target, layer) in enumerate(lora_layers(model).items()):
+    for m, name in enumerate(layer.lora_rng):
+      v = layer.lora_rng[name]
+      k = jax.random.fold_in(jax.random.fold_in(key, n), m)
+      if target.layers is not None:
+        k = jax.random.split(k, target.layers)
+      v[...] = jax.random.key_data(k).astype(jnp.uint32)
+
+
+def copy_structure(src, dst):
+  """Gives `dst` (a model of the same architecture, e.g. an abstract one with other runtime knobs)
+  the adapter layout of `src`, with zero values: merge it with src's state afterwards."""
+  for target, layer in lora_layers(src).items():
+    new = lora_layer(dst, target)
+    for name, rate in layer.lora_dropout:
+      zeros = lambda v: jnp.zeros(v[...].shape, v[...].dtype)
+      new.add_adapter(name, zeros(layer.lora_A[name]), zeros(layer.lora_B[name]),
+                      zeros(layer.lora_scale[name]), rate)
+    new.lora_fused = layer.lora_fused
+  dst.lora_adapters = getattr(src, "lora_adapters", ())
+  return dst
