@@ -5,8 +5,11 @@ A config with a `lora` section (configs/lora.py) trains only the adapter that
   - the TrainState's params, EMA and optimiser state are the adapter's `nnx.LoRAParam`s only;
   - the base weights are read from `train.init_from` (any format `load_transformer` reads,
     including a training workdir) once, in model.param_dtype (bfloat16 stays bfloat16), placed
-    by their logical shardings, and passed to the jitted step as a separate argument: never
-    differentiated, updated, donated or copied into the optimiser;
+    by their logical shardings, and passed to the jitted step as a separate argument ("frozen":
+    the base Params with the adapter's fixed scales and dropout key): never differentiated,
+    updated, donated or copied into the optimiser;
+  - with lora.dropout > 0 the step puts the merged model in training mode and gives the adapters
+    a dropout key derived from the step's key (`train_mode`);
   - checkpoints hold the adapter (the state) and `base_info`: the base's path and fingerprint, so
     a resume against other base weights is refused (training/resume.py, `check_base`).
 
@@ -35,19 +38,27 @@ def enabled(cfg) -> bool:
   return cfg.get("lora") is not None and int(cfg.lora.rank) > 0
 
 
+def has_dropout(cfg) -> bool:
+  return enabled(cfg) and float(cfg.lora.get("dropout", 0.0)) > 0
+
+
 def add_adapter(model, cfg, seed: int):
   """Puts cfg.lora's adapter on `model` (in place; returns it)."""
   from sana_jax.models import lora
-  lora.add_lora(model, cfg.lora, rngs=nnx.Rngs(seed))
-  return model
+  return lora.add_lora(model, cfg.lora, rngs=nnx.Rngs(seed))
 
 
 def split(model):
-  """-> (graphdef, adapter, base): the LoRAParams and the other Params of a model with an adapter."""
-  graphdef, adapter, base, rest = nnx.split(model, nnx.LoRAParam, nnx.Param, ...)
-  if jax.tree.leaves(rest):
-    raise ValueError("the model has state besides nnx.Param; the LoRA train state only carries its LoRAParams")
-  return graphdef, adapter, base
+  """-> (graphdef, adapter, frozen): the LoRAParams, and everything else (the base Params, the
+  adapters' fixed scales and dropout keys) of a model with an adapter."""
+  return nnx.split(model, nnx.LoRAParam, ...)
+
+
+def train_mode(model, rng):
+  """Adapter dropout for one step: training mode and a fresh dropout key from `rng`."""
+  from sana_jax.models import lora
+  model.train()
+  lora.set_dropout_key(model, rng)
 
 
 def abstract_split(cfg):
@@ -89,7 +100,7 @@ def check_architecture(source_cfg, model_cfg, path) -> None:
 @dataclasses.dataclass
 class FrozenBase:
   """The base weights a LoRA run trains against, and the pointer its checkpoints keep."""
-  params: nnx.State      # Params in model.param_dtype, placed by `shardings`
+  params: nnx.State      # the frozen side of split(): base Params in model.param_dtype, placed by `shardings`
   shardings: object      # NamedShardings of the same tree (None without a mesh)
   info: dict             # {"path", "fingerprint", "model"}: the checkpoints' `base` item
 
@@ -105,15 +116,20 @@ def load_base(cfg, mesh=None) -> FrozenBase:
   check_architecture(source.cfg, cfg.model, path)
   info = {"path": os.path.abspath(path) if "://" not in path else path, "model": cfg.model.name,
           "fingerprint": fingerprint(nnx.state(source, nnx.Param))}
-  _, _, base = split(add_adapter(source, cfg, cfg.seed))
+  _, _, frozen = split(add_adapter(source, cfg, cfg.seed))
   _, _, abstract = abstract_split(cfg)
-  if jax.tree.structure(base) != jax.tree.structure(abstract):
+  layout = lambda tree: [(jax.tree_util.keystr(p), tuple(x.shape), jnp.dtype(x.dtype))
+                         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  if layout(frozen) != layout(abstract):
     raise ValueError(f"train.init_from={path!r}: its weights do not have the layout of model config "
                      f"{cfg.model.name!r}")
   if mesh is None:
-    return FrozenBase(base, None, info)
+    return FrozenBase(frozen, None, info)
   shardings = sharding.tree_shardings(abstract, mesh, sharding.axis_rules(cfg.mesh))
-  return FrozenBase(jax.device_put(base, shardings), shardings, info)
+  leaves, treedef = jax.tree.flatten(frozen)
+  placed = jax.device_put(leaves, jax.tree.leaves(shardings))
+  return FrozenBase(jax.tree.unflatten(treedef, placed), jax.tree.unflatten(treedef, jax.tree.leaves(shardings)),
+                    info)
 
 
 def trained_model(cfg, adapter_params, base_info: dict | None):

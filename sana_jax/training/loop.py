@@ -87,7 +87,7 @@ def single_device_training(cfg):
   null_text = jnp.asarray(text_encoder.null_embedding()[0][0])  # [L, C]
   jitted = step.jit_train_step(step.make_train_step(
       graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
-      learning_rate_fn=make_schedule(cfg.optimizer)))
+      learning_rate_fn=make_schedule(cfg.optimizer), adapter_dropout=adapter.has_dropout(cfg)))
   update = jitted
   if adapter.enabled(cfg):
     base = adapter.load_base(cfg).params
@@ -264,13 +264,12 @@ def _train(cfg, workdir, is_main) -> dict:
   if cfg.train.batch_size % (batch_shards * cfg.train.grad_accum_steps):
     raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {batch_shards} "
                      f"batch shards (the mesh axes of the batch) x {cfg.train.grad_accum_steps} micro-batches")
-  if dreambooth.prior_preservation(cfg) and cfg.train.batch_size % (2 * batch_shards * cfg.train.grad_accum_steps):
-    raise ValueError(f"with prior preservation train.batch_size {cfg.train.batch_size} is half instance, half "
-                     f"class images: it must be a multiple of 2 x {batch_shards} batch shards x "
-                     f"{cfg.train.grad_accum_steps} micro-batches")
   batch_sharding = sharding.batch_sharding(mesh, rules, cfg.model)
   # Each host reads the rows its devices hold (hosts that share rows read the same samples).
   host_shard, host_shards = sharding.process_batch_shard(batch_sharding, cfg.train.batch_size)
+  if dreambooth.prior_preservation(cfg) and cfg.train.batch_size % (2 * host_shards):
+    raise ValueError(f"with prior preservation train.batch_size {cfg.train.batch_size} is half instance, half "
+                     f"class images: it must be a multiple of 2 x {host_shards} hosts reading the data")
   tx = build_optimizer(cfg.optimizer)
   from_cache = cfg.data.name == "cache"
   if from_cache:  # the cache holds encoder outputs; codecs are only needed for sample grids
@@ -340,7 +339,8 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
   jitted = step.jit_train_step(
       step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, seed=cfg.seed,
                            learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params,
-                           prior_loss_weight=cfg.dreambooth.prior_loss_weight if prior else 1.0),
+                           prior_loss_weight=cfg.dreambooth.prior_loss_weight if prior else 1.0,
+                           adapter_dropout=adapter.has_dropout(cfg)),
       mesh, shardings, batch_sharding, rules, None if base is None else base.shardings)
   update = jitted if base is None else (lambda state, batch: jitted(state, batch, base.params))
   sampler = None

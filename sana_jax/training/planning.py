@@ -86,7 +86,7 @@ def plan_memory(cfg, mesh, *, batch_size: int, image_size: int, text_tokens: int
   batch = abstract_batch(cfg, batch_size, latent, text_tokens, batch_sharding)
   fn = step.make_train_step(graphdef, tx, cfg.train,
                             null_text=jnp.zeros((text_tokens, cfg.model.caption_channels)), seed=0,
-                            param_shardings=shardings.params)
+                            param_shardings=shardings.params, adapter_dropout=adapter.has_dropout(cfg))
   state_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   compiled = step.jit_train_step(fn, mesh, shardings, batch_sharding, rules,

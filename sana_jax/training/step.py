@@ -14,6 +14,7 @@ from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from sana_jax.training import adapter
 from sana_jax.training.objective import flow_matching_loss
 from sana_jax.training.train_state import TrainState
 
@@ -49,7 +50,8 @@ def accumulate_gradients(grad_fn, params, batch, rng, num_micro: int):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, null_text, seed: int,
-                    learning_rate_fn=None, param_shardings=None, prior_loss_weight=1.0):
+                    learning_rate_fn=None, param_shardings=None, prior_loss_weight=1.0,
+                    adapter_dropout=False):
   """The update function for `TrainState`s of the model `graphdef`.
 
   graphdef: nnx.merge(graphdef, state.params) is the model, or, with the `frozen` argument of
@@ -58,9 +60,15 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, nu
   learning_rate_fn(step) -> lr, reported in the metrics when given.
   param_shardings: when given, gradients are constrained to the parameters' shardings, so the
     compiler reduce-scatters them instead of materialising full copies (FSDP).
+  prior_loss_weight: weight of the class-image rows of a batch with "prior" (DreamBooth).
+  adapter_dropout: the LoRA adapters have dropout: the merged model runs in training mode with a
+    dropout key from the step's key.
   """
   def loss_fn(params, batch, rng, frozen):
     model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+    if adapter_dropout:
+      rng, dropout_rng = jax.random.split(rng)
+      adapter.train_mode(model, dropout_rng)
     return flow_matching_loss(
         model, batch, rng, null_text=null_text, flow_shift=train_cfg.flow_shift,
         logit_mean=train_cfg.logit_mean, logit_std=train_cfg.logit_std,

@@ -80,10 +80,10 @@ def test_steps_lower_the_loss_move_the_adapter_and_leave_the_base_as_loaded(base
   batch = fixed_batch(cfg, height=6)
 
   @jax.jit
-  def loss(params):  # the same 8 noise draws every time
+  def loss(params):  # the same 4 noise draws every time
     model = nnx.merge(graphdef, params, base.params)
     return jnp.mean(jnp.stack([objective.flow_matching_loss(model, batch, jax.random.key(k), null_text=None,
-                                                            flow_shift=3.0)[0] for k in range(8)]))
+                                                            flow_shift=3.0)[0] for k in range(4)]))
   start = jax.tree.map(np.asarray, state.params)
   first = float(loss(state.params))
   for _ in range(30):
@@ -99,7 +99,10 @@ def test_a_bfloat16_base_stays_bfloat16(base_dir):
   cfg = lora_micro(base_dir)
   cfg.model.param_dtype = "bfloat16"
   base = adapter.load_base(cfg)
-  assert {x.dtype for x in jax.tree.leaves(base.params)} == {jnp.dtype(jnp.bfloat16)}
+  weights = [x for p, x in jax.tree_util.tree_flatten_with_path(base.params)[0]
+             if "lora_" not in jax.tree_util.keystr(p)]  # the adapters' fixed fp32 scales aside
+  assert len(weights) == len(jax.tree.leaves(nnx.state(load_transformer(base_dir), nnx.Param)))
+  assert {x.dtype for x in weights} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_fingerprint_names_the_weights_not_their_dtype_or_copy(base_dir):
@@ -233,6 +236,7 @@ def test_an_instance_prompt_captions_every_image_without_caption_files(tmp_path)
   assert len(source) == 4 and set(source.captions) == {"a sks shape"}
 
 
+@pytest.mark.slow  # 30 s on 2 loaded cores: a loop run that also samples the class images
 def test_prior_preservation_draws_class_images_and_mixes_them_in(base_dir, tmp_path):
   cfg = lora_micro(base_dir, num_steps=2)
   cfg.data.update(name="folder", path=str(_instance_folder(tmp_path / "inst")), instance_prompt="a sks shape")
