@@ -31,6 +31,7 @@ setup(
             "ruff>=0.17",
             "torch==2.13.0",
             "diffusers==0.42.1",
+            "peft==0.21.2",  # diffusers LoRA files in tests/convert/test_lora.py
             "transformers>=5.0",
             "came-pytorch==0.1.3",
             "bitsandbytes>=0.50",

@@ -7,6 +7,9 @@ resolved defaults included), the file of each image with its prompt and seed, an
 Unset flags fall back to the checkpoint's own settings (a training run's sampling config; the
 native resolution of the model), then to diffusers' SanaPipeline defaults.
 
+LoRA: `--lora FILE[:SCALE]` (repeatable) adds an adapter (a diffusers / PEFT SANA LoRA file, or a
+folder holding pytorch_lora_weights.safetensors) with weight SCALE (default 1.0); see docs/lora.md.
+
 Inference-time scaling (SANA 1.5): `--best_of N --judge SPEC [--keep K]` samples N candidates per
 prompt and writes the judge's best K with ranking.json (sana_jax.scaling.best_of_n).
 """
@@ -39,6 +42,8 @@ flags.DEFINE_bool("use_resolution_binning", None,
 flags.DEFINE_bool("complex_human_instruction", True, "Prepend SANA's Complex Human Instruction to prompts.")
 flags.DEFINE_integer("max_sequence_length", None, "Prompt tokens kept (default 300; a training run's own).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Weights and compute dtype.")
+flags.DEFINE_multi_string("lora", [], "A LoRA to apply, FILE or FILE:SCALE (a diffusers/PEFT SANA LoRA "
+                          ".safetensors or a folder with pytorch_lora_weights.safetensors); repeatable.")
 flags.DEFINE_bool("vae_tiling", False, "Decode in tiles (bounded memory for very large images).")
 flags.DEFINE_integer("best_of", 0, "Inference-time scaling: sample N candidates per prompt and keep the "
                      "judge's best --keep (0: off). Uses --batch_size images per call (default 8).")
@@ -68,6 +73,28 @@ def load_pipeline(path, dtype):
   return SanaPipeline(**parts), suggested
 
 
+def parse_lora(spec) -> tuple:
+  """'FILE[:SCALE]' -> (FILE, SCALE); a ':' not followed by a number belongs to the path."""
+  path, sep, tail = spec.rpartition(":")
+  if sep:
+    try:
+      return path, float(tail)
+    except ValueError:
+      pass
+  return spec, 1.0
+
+
+def apply_loras(pipe, specs) -> list:
+  """Loads every --lora into the pipeline; -> [{"path", "scale", "adapter_name"}] for settings.json."""
+  applied = []
+  for k, spec in enumerate(specs):
+    path, scale = parse_lora(spec)
+    name = f"lora_{k}"
+    pipe.load_lora_weights(path, adapter_name=name, scale=scale)
+    applied.append(dict(path=os.path.abspath(path), scale=scale, adapter_name=name))
+  return applied
+
+
 def _slug(text, limit=40):
   return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "prompt"
 
@@ -84,6 +111,7 @@ def main(argv):
 
   prompts = read_prompts(FLAGS.prompt, FLAGS.prompts_file)
   pipe, suggested = load_pipeline(FLAGS.checkpoint, jnp.dtype(FLAGS.dtype))
+  loras = apply_loras(pipe, FLAGS.lora)
   if FLAGS.vae_tiling:
     pipe.enable_vae_tiling()
   cfg = pipe.transformer.cfg
@@ -109,7 +137,7 @@ def main(argv):
       max_sequence_length=pick("max_sequence_length", 300))
   os.makedirs(FLAGS.out, exist_ok=True)
   if FLAGS.best_of:
-    run_best_of_n(pipe, prompts, settings, suggested)
+    run_best_of_n(pipe, prompts, settings, suggested, loras)
     return
   batch = FLAGS.batch_size or len(prompts)
   images_info, timings, grid_images = [], [], []
@@ -127,7 +155,7 @@ def main(argv):
       grid_images.append(image)
   record = dict(checkpoint=os.path.abspath(FLAGS.checkpoint), dtype=FLAGS.dtype, seed=FLAGS.seed,
                 batch_size=batch, vae_tiling=FLAGS.vae_tiling, scheduler_config=pipe.scheduler_config,
-                model=cfg.name, checkpoint_settings=suggested, **settings, images=images_info,
+                model=cfg.name, checkpoint_settings=suggested, lora=loras, **settings, images=images_info,
                 timings=timings)
   record["compilation_cache"] = compilation_cache.current()
   with open(os.path.join(FLAGS.out, "settings.json"), "w") as f:
@@ -140,7 +168,7 @@ def main(argv):
         f"{os.path.abspath(FLAGS.out)}")
 
 
-def run_best_of_n(pipe, prompts, settings, suggested):
+def run_best_of_n(pipe, prompts, settings, suggested, loras):
   """--best_of N: candidates from the pipeline, ranked by the judge (sana_jax.scaling.best_of_n)."""
   from sana_jax.scaling.best_of_n import pipeline_generate_fn, run_best_of_n_cli
   if not FLAGS.judge:
@@ -148,7 +176,7 @@ def run_best_of_n(pipe, prompts, settings, suggested):
   call = {k: v for k, v in settings.items() if k not in ("height", "width", "num_images_per_prompt")}
   generate = pipeline_generate_fn(pipe, settings["height"], settings["width"], **call)
   record = dict(checkpoint=os.path.abspath(FLAGS.checkpoint), dtype=FLAGS.dtype,
-                scheduler_config=pipe.scheduler_config, checkpoint_settings=suggested, **settings)
+                scheduler_config=pipe.scheduler_config, checkpoint_settings=suggested, lora=loras, **settings)
   path = run_best_of_n_cli(generate, prompts, FLAGS.best_of, FLAGS.judge, FLAGS.out, keep=FLAGS.keep,
                            batch_size=FLAGS.batch_size or 8, seed=FLAGS.seed, settings=record)
   print(f"best {FLAGS.keep} of {FLAGS.best_of} per prompt: {path}")

@@ -97,11 +97,13 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_d
 
 
 class TensorSource:
-  """Lazy name -> array access over a checkpoint: `names`, `shapes`, `get(name)`, and where it is."""
+  """Lazy name -> array access over a checkpoint: `names`, `shapes`, `get(name)`, and where it is;
+  `metadata`: the safetensors header's string map (`__metadata__`, e.g. a LoRA's adapter config)."""
 
   def __init__(self, names: Iterable[str], getter: Callable, shapes: Mapping[str, tuple], *,
-               component: str = "checkpoint", where: str = ""):
+               component: str = "checkpoint", where: str = "", metadata: Mapping[str, str] | None = None):
     self.names = set(names)
+    self.metadata = dict(metadata or {})
     self._get = getter
     self.shapes = dict(shapes)
     self.component, self.where = component, where
@@ -111,7 +113,7 @@ class TensorSource:
 
 
 def _read_header(file: str, component: str) -> tuple:
-  """(data offset, header dict) of a .safetensors file, after checking the file is complete."""
+  """(data offset, header dict, metadata dict) of a .safetensors file, after checking it is complete."""
   size = os.path.getsize(file)
   problem = None
   with open(file, "rb") as f:
@@ -128,20 +130,21 @@ def _read_header(file: str, component: str) -> tuple:
       if header is None:
         problem = "its header is incomplete or not JSON"
       else:
-        header.pop("__metadata__", None)
+        metadata = header.pop("__metadata__", None) or {}
         end = max((v["data_offsets"][1] for v in header.values()), default=0)
         if 8 + n + end > size:
           problem = f"{size} bytes but its header describes {8 + n + end}"
   if problem:
     raise CheckpointError(f"{component}: {file} is truncated or corrupt ({problem}); download it again")
-  return 8 + n, header
+  return 8 + n, header, metadata
 
 
 def read_safetensors(files, component: str = "checkpoint") -> TensorSource:
   """A lazy source over one or more .safetensors files (see the module docstring)."""
-  where, shapes = {}, {}
+  where, shapes, metadata = {}, {}, {}
   for file in files:
-    offset, header = _read_header(file, component)
+    offset, header, meta = _read_header(file, component)
+    metadata.update(meta)
     for name, info in header.items():
       if info["dtype"] not in _DTYPES:
         raise CheckpointError(f"{component}: {file}: tensor {name} has unsupported dtype {info['dtype']}")
@@ -157,7 +160,7 @@ def read_safetensors(files, component: str = "checkpoint") -> TensorSource:
     return maps[file][offset + lo:offset + hi].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
 
   label = files[0] if len(files) == 1 else f"{os.path.dirname(files[0])} ({len(files)} shards)"
-  return TensorSource(where, get, shapes, component=component, where=label)
+  return TensorSource(where, get, shapes, component=component, where=label, metadata=metadata)
 
 
 def read_component(folder, stem: str, variant: str | None, component: str) -> TensorSource:
@@ -267,8 +270,8 @@ def export_tensors(entries, state) -> dict:
   return out
 
 
-def save_safetensors(tensors: Mapping, dst_file, dtype=None):
+def save_safetensors(tensors: Mapping, dst_file, dtype=None, metadata: Mapping[str, str] | None = None):
   from safetensors.numpy import save_file
   if dtype is not None:
     tensors = {k: v.astype(dtype) for k, v in tensors.items()}
-  save_file(dict(tensors), os.fspath(dst_file))
+  save_file(dict(tensors), os.fspath(dst_file), metadata=dict(metadata) if metadata else None)

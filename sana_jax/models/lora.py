@@ -2,9 +2,14 @@
 
   add_lora(model, lora_cfg, *, rngs, adapter_name="default") -> model   (in place, also returned)
   lora_state(model, adapter_name=None) -> nnx.State of the adapter weights (nnx.LoRAParam)
-  set_adapters(model, names, weights=None)  fuse_lora(model, scale=1.0, adapter_names=None)
-  unfuse_lora(model)  delete_adapter(model, name)  unload_lora(model)  set_dropout_key(model, key)
+  adapters(model) -> {name: config dict}   lora_layers(model) -> {Target: LoRALinear}
+  set_adapters(model, names, weights=None)   set_adapter_weight(model, name, weight)
+  fuse_lora(model, scale=1.0, adapter_names=None)   unfuse_lora(model)
+  delete_adapter(model, name)   unload_lora(model)   set_dropout_key(model, key)
+  copy_structure(src, dst): dst (e.g. an abstract model to restore a checkpoint into) gets src's
+      adapter layout, zero-valued
   lora_targets(cfg) / match_targets(cfg, target_modules): which layers a pattern selects
+Files (diffusers / PEFT format): sana_jax/convert/lora.py (save_lora / load_lora).
 
 A targeted `nnx.Linear` is replaced by a `LoRALinear` that keeps the very same `kernel` / `bias`
 variables (same state paths, so checkpoints, conversion tables and FSDP rules of the base model are
@@ -189,9 +194,15 @@ def scale_of(rank, alpha, use_rslora=False) -> float:
   return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
 
 
-def _register(model, name, info):
+def register(model, name, info):
+  """Records adapter `name`'s config (rank, alpha, target_modules, ...) on the model."""
   kept = tuple((n, c) for n, c in getattr(model, "lora_adapters", ()) if n != name)
   model.lora_adapters = kept + ((name, ml_collections.FrozenConfigDict(info)),)
+
+
+def layer_at(model, target):
+  """The module (nnx.Linear or LoRALinear) at `target`."""
+  return _get(model, target.path)
 
 
 def lora_layer(model, target) -> LoRALinear:
@@ -235,7 +246,7 @@ def add_lora(model, lora_cfg, *, rngs: nnx.Rngs, adapter_name: str = "default"):
   info = dict(rank=rank, alpha=float(lora_cfg.alpha), init=init, dropout=float(lora_cfg.get("dropout", 0.0)),
               use_rslora=bool(lora_cfg.get("use_rslora", False)), base_model=lora_cfg.get("base_model", ""),
               target_modules=targets if isinstance(targets, str) else list(targets))
-  _register(model, adapter_name, info)
+  register(model, adapter_name, info)
   return model
 
 
@@ -270,6 +281,15 @@ def set_adapters(model, names, weights=None):
     for name in layer.lora_weight:
       v = layer.lora_weight[name]
       v[...] = jnp.full_like(v[...], float(chosen.get(name, 0.0)))
+
+
+def set_adapter_weight(model, name, weight):
+  """Sets one adapter's weight, leaving the others' as they are."""
+  _check_names(model, [name])
+  for layer in lora_layers(model).values():
+    if name in layer.lora_weight:
+      v = layer.lora_weight[name]
+      v[...] = jnp.full_like(v[...], float(weight))
 
 
 def fuse_lora(model, scale: float = 1.0, adapter_names=None):

@@ -15,6 +15,11 @@ When the number of images divides over the local devices, latents, text and deco
 the batch axis over all of them (parameters replicated), so a TPU host uses every chip; after
 `enable_sequence_parallel()` a batch that does not (one 4K image) has its tokens split over them.
 
+LoRA, with diffusers' names (docs/lora.md): `pipe.load_lora_weights(path, adapter_name=..., scale=...)`
+reads a diffusers / PEFT SANA LoRA file or one we saved, `set_adapters(names, adapter_weights)`,
+`fuse_lora()` / `unfuse_lora()`, `delete_adapters(names)`, `unload_lora_weights()`; changing
+weights reuses the compiled loop, adding or fusing adapters compiles it once more.
+
 Loading and writing every pipeline format lives in sana_jax/convert/pipeline.py: `convert_pipeline(src,
 dst, to="sana_jax")` writes our export (Orbax, loads without PyTorch), `to="diffusers"` a folder that
 diffusers' SanaPipeline reads.
@@ -35,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sana_jax import compilation_cache
 from sana_jax.convert.pipeline import convert_pipeline, pipeline_parts
 from sana_jax.data.buckets import nearest_bucket, scale_table
+from sana_jax.models import lora
 from sana_jax.models.transformer import SanaTransformer
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling.schedulers import SAMPLERS, scheduler_from_config
@@ -180,6 +186,56 @@ class SanaPipeline:
     compilation_cache.enable()  # loading compiles programs too
     parts, _ = pipeline_parts(path, dtype=dtype, variant=variant)
     return cls(**parts)
+
+  # --------------------------------------------------------------------------- LoRA
+  def load_lora_weights(self, path, adapter_name: str | None = None, scale: float = 1.0):
+    """Adds the LoRA in `path` (a .safetensors file, or a folder with pytorch_lora_weights.safetensors,
+    as diffusers' save_lora_weights writes it) to the transformer as `adapter_name` (default
+    "default_{n}", as diffusers names them) with weight `scale`; adapters loaded before stay active."""
+    from sana_jax.convert.lora import load_lora
+    if adapter_name is None:
+      adapter_name = f"default_{len(lora.adapters(self.transformer))}"
+    load_lora(self.transformer, path, adapter_name=adapter_name, scale=scale)
+    self._transformer_changed()
+
+  def save_lora_weights(self, path, adapter_name: str = "default", base_model=None) -> str:
+    """Writes one adapter as the file diffusers' SanaPipeline.load_lora_weights reads; returns it."""
+    from sana_jax.convert.lora import save_lora
+    return save_lora(self.transformer, path, adapter_name, base_model=base_model)
+
+  def get_list_adapters(self) -> dict:
+    """{"transformer": [adapter names]}, as diffusers returns it."""
+    return {"transformer": list(lora.adapters(self.transformer))}
+
+  def set_adapters(self, adapter_names, adapter_weights=None):
+    """Only `adapter_names` are active, with `adapter_weights` (default 1.0 each)."""
+    lora.set_adapters(self.transformer, adapter_names, adapter_weights)
+    self._transformer_changed()
+
+  def fuse_lora(self, lora_scale: float = 1.0, adapter_names=None):
+    """Adds lora_scale x the active adapters' updates into the transformer's kernels (same images)."""
+    lora.fuse_lora(self.transformer, lora_scale, adapter_names)
+    self._transformer_changed()
+
+  def unfuse_lora(self):
+    lora.unfuse_lora(self.transformer)
+    self._transformer_changed()
+
+  def delete_adapters(self, adapter_names):
+    for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
+      lora.delete_adapter(self.transformer, name)
+    self._transformer_changed()
+
+  def unload_lora_weights(self):
+    """Removes every adapter: the base transformer again."""
+    lora.unload_lora(self.transformer)
+    self._transformer_changed()
+
+  def _transformer_changed(self):
+    """The transformer's variables (or its structure) changed: split it again for the jitted loop."""
+    self._transformer_graph, self._transformer_state = _split(self.transformer)
+    self._replicated = {}
+    self._token_split_graphs = {}
 
   def enable_vae_tiling(self, tile_latent_size: int = 16, overlap: int = 2):
     """Decode in overlapping latent tiles (bounded memory for 4096^2 images; `DCAE.decode_tiled`)."""
@@ -364,8 +420,8 @@ class SanaPipeline:
     if seq not in self._token_split_graphs:
       cfg = self.transformer.cfg.as_configdict()
       cfg.seq_parallel_axis, cfg.seq_parallel_batch_axis = "seq", "batch"
-      self._token_split_graphs[seq] = nnx.split(
-          nnx.eval_shape(lambda: SanaTransformer(cfg, rngs=nnx.Rngs(0))))[0]
+      self._token_split_graphs[seq] = nnx.split(nnx.eval_shape(
+          lambda: lora.copy_structure(self.transformer, SanaTransformer(cfg, rngs=nnx.Rngs(0)))))[0]
     return mesh, self._token_split_graphs[seq]
 
   def _replicated_states(self, spread):
