@@ -7,8 +7,11 @@ COMMAND: python bench/lora_concept.py [--workdir /tmp/lora_concept --base_steps 
    default: no caption names it, no pixel has it) and `concept_images/` ("a cyan circle", "a cyan
    square", "a cyan triangle", one object each).
 2. Trains the base with `python -m sana_jax.train`'s loop (configs/tiny.py, data.name=folder) on
-   base_images/ for --base_steps, then a LoRA (configs/lora.py, rank --rank, train.init_from = the
-   base workdir) on concept_images/ for --lora_steps. Finished workdirs are reused.
+   base_images/ for --base_steps, then two LoRAs (configs/lora.py, rank --rank, train.init_from =
+   the base workdir) on concept_images/ for --lora_steps: one alone, one with DreamBooth prior
+   preservation (prior_loss_weight 1): half of every batch is class images that the base model
+   drew with our sampler for "a <colour> <shape>" prompts of the colours it knows
+   (`class_images/`, captions beside them). Finished workdirs are reused.
 3. Samples --images prompts "a <colour> <shape>" per colour from the base and from the base with
    the adapter (same noise), and reads each image with the shapes evaluator (shapes_eval): for the
    concept colour and for a colour the base knows (--known), the share of images the evaluator
@@ -65,6 +68,19 @@ def concept_examples(count, concept, seed=1):
   return out
 
 
+def draw_class_images(directory, count, concept, cfg, autoencoder, text_encoder, latent):
+  """The base model's own samples for prompts of the colours it was trained on (with captions)."""
+  if os.path.exists(os.path.join(directory, "complete")):
+    return
+  graphdef, state = nnx.split(load_transformer(os.path.join(os.path.dirname(directory), "base")))
+  sample = loop.make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
+  colours = [c for c in shapes.COLORS if c != concept]
+  prompts = [f"a {colours[i % len(colours)]} {shapes.SHAPES[(i // len(colours)) % len(shapes.SHAPES)]}"
+             for i in range(count)]
+  images = [np.asarray(x) for x in sample(state, prompts, 7, latent)]
+  write_folder(directory, [(shapes_eval.to_uint8(x), p) for x, p in zip(images, prompts)])
+
+
 def train(cfg, workdir):
   summary = loop.train_and_evaluate(cfg, workdir)
   print(f"{workdir}: step {summary['step']}", flush=True)
@@ -94,6 +110,7 @@ def main():
   parser.add_argument("--concept_images", type=int, default=96)
   parser.add_argument("--base_steps", type=int, default=1500)
   parser.add_argument("--lora_steps", type=int, default=400)
+  parser.add_argument("--class_images", type=int, default=96, help="prior preservation: base samples")
   parser.add_argument("--rank", type=int, default=8)
   parser.add_argument("--images", type=int, default=48, help="samples per colour and model")
   args = parser.parse_args()
@@ -110,17 +127,24 @@ def main():
   base_cfg.sampling.update(num_images=8, num_eval_images=0)
   train(base_cfg, os.path.join(root, "base"))
 
-  lora_cfg = lora_preset.get_config()
-  lora_cfg.lora.update(rank=args.rank, alpha=float(args.rank))
-  lora_cfg.data.update(name="folder", path=os.path.join(root, "concept_images"))
-  lora_cfg.train.update(init_from=os.path.join(root, "base"), num_steps=args.lora_steps)
-  train(lora_cfg, os.path.join(root, "lora"))
-
   autoencoder, text_encoder = loop.build_codecs(base_cfg)
   latent = (base_cfg.data.image_size // autoencoder.spatial_compression,) * 2 + (base_cfg.model.in_channels,)
+  class_dir = os.path.join(root, "class_images")
+  draw_class_images(class_dir, args.class_images, args.concept, base_cfg, autoencoder, text_encoder, latent)
+  for workdir, prior in (("lora", False), ("lora_prior", True)):
+    lora_cfg = lora_preset.get_config()
+    lora_cfg.lora.update(rank=args.rank, alpha=float(args.rank))
+    lora_cfg.data.update(name="folder", path=os.path.join(root, "concept_images"))
+    lora_cfg.train.update(init_from=os.path.join(root, "base"), num_steps=args.lora_steps)
+    if prior:
+      lora_cfg.dreambooth.update(prior_loss_weight=1.0, class_data_dir=class_dir,
+                                 num_class_images=args.class_images)
+    train(lora_cfg, os.path.join(root, workdir))
+
   shape_list = [shapes.SHAPES[i % len(shapes.SHAPES)] for i in range(args.images)]
   rows = []
-  for name, workdir in (("base", "base"), (f"base + LoRA r={args.rank}", "lora")):
+  for name, workdir in (("base", "base"), (f"base + LoRA r={args.rank}", "lora"),
+                        ("  + prior preservation", "lora_prior")):
     graphdef, state = nnx.split(load_transformer(os.path.join(root, workdir)))
     sample = loop.make_sampler(graphdef, autoencoder, text_encoder, base_cfg.sampling)
     for colour in (args.concept, args.known):
@@ -130,10 +154,11 @@ def main():
 
   print(f"held-out colour {args.concept!r}: base trained {args.base_steps} steps on {args.base_images} images "
         f"without it; LoRA {args.lora_steps} steps on {args.concept_images} images of it; "
-        f"{args.images} samples per row (prompts 'a <colour> <shape>')")
-  print(f"{'model':22s} {'prompt colour':>13s} {'evaluator pass':>15s} {'largest object':>15s} {'pixel share':>12s}")
+        f"{args.images} samples per row (prompts 'a <colour> <shape>'); prior preservation: "
+        f"{args.class_images} class images the base drew for the other colours")
+  print(f"{'model':24s} {'prompt colour':>13s} {'evaluator pass':>15s} {'largest object':>15s} {'pixel share':>12s}")
   for name, colour, passed, largest, pixels in rows:
-    print(f"{name:22s} {colour:>13s} {passed:15.3f} {largest:15.3f} {pixels:12.3f}")
+    print(f"{name:24s} {colour:>13s} {passed:15.3f} {largest:15.3f} {pixels:12.3f}")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ our own sampler draws from the base model (as diffusers' train_dreambooth_lora_s
 With prior_loss_weight > 0 every batch is half instance images, half class images (train.batch_size
 is the total), and the loss is mean(instance) + prior_loss_weight * mean(class) (training/objective.py).
 The class images come from `dreambooth.class_data_dir` (default <workdir>/class_images): a folder of
-images (captioned with class_prompt) or a latent cache. A folder holding fewer than
-num_class_images is topped up with images the base model draws for class_prompt before training
-(the adapter starts at zero, so the model is the base), written as class_<i>.png; training from a
-latent cache needs the class images encoded the same way (`python -m sana_jax.preprocess`).
+images or a latent cache. A folder holding fewer than num_class_images is topped up with images
+the base model draws for class_prompt before training (with the adapter at zero: the base),
+written as class_<i>.png with class_prompt in class_<i>.txt. A folder's images keep the caption
+beside them (so class images drawn for several prompts keep theirs); images without one take
+class_prompt. Training from a latent cache needs the class images encoded the same way
+(`python -m sana_jax.preprocess`).
 """
 import os
 
@@ -54,12 +56,13 @@ def top_up_class_images(cfg, directory, sample, latent_shape, batch_size: int, i
   Every process samples (the sampler may be sharded); only the main one writes.
   """
   d = cfg.dreambooth
-  if not d.class_prompt:
-    raise ValueError("dreambooth.prior_loss_weight > 0 needs dreambooth.class_prompt (e.g. 'a shape')")
   if os.path.isfile(os.path.join(directory, cache.MANIFEST)):
     return 0
   have = _image_count(directory)
   missing = max(int(d.num_class_images) - have, 0)
+  if missing and not d.class_prompt:
+    raise ValueError(f"{directory} holds {have} of dreambooth.num_class_images={d.num_class_images} class "
+                     "images: set dreambooth.class_prompt (e.g. 'a shape') to draw the rest")
   if missing and sample is None:
     raise ValueError(f"{directory} holds {have} of dreambooth.num_class_images={d.num_class_images} class "
                      "images and this run has no sampler to draw more (training from a latent cache): "
@@ -72,18 +75,21 @@ def top_up_class_images(cfg, directory, sample, latent_shape, batch_size: int, i
       os.makedirs(directory, exist_ok=True)
       for i, image in enumerate(np.asarray(images)):
         pixels = np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(os.path.join(directory, f"class_{have + start + i:05d}.png"))
+        stem = os.path.join(directory, f"class_{have + start + i:05d}")
+        Image.fromarray(pixels).save(stem + ".png")
+        with open(stem + ".txt", "w", encoding="utf-8") as f:
+          f.write(d.class_prompt + "\n")
   return missing
 
 
 def class_dataset(cfg, directory, seed: int, shard_index: int, shard_count: int):
-  """The class images as a pipeline iterator of half batches (captions = class_prompt)."""
+  """The class images as a pipeline iterator of half batches (their captions, else class_prompt)."""
   data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
   if os.path.isfile(os.path.join(directory, cache.MANIFEST)):
     source = cache.CacheSource(directory)
     data_cfg.name = "cache"
   else:
-    source = folder.FolderSource(directory, caption=cfg.dreambooth.class_prompt)
+    source = folder.FolderSource(directory, missing_caption=cfg.dreambooth.class_prompt)
   return pipeline.make_dataset(data_cfg, cfg.train.batch_size // 2, seed + 1, shard_index, shard_count,
                                source=source)
 

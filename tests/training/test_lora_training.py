@@ -20,17 +20,7 @@ from sana_jax.optim.registry import build_optimizer
 from sana_jax.training import adapter, checkpointing, dreambooth, loop, objective, resume, train_state
 from sana_jax.training.dreambooth import dreambooth_config
 from tests.training.helpers import fixed_batch
-from tests.training.test_loop import micro_config
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  yield
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+from tests.training.test_loop import compilation_cache, micro_config  # noqa: F401 - the module's XLA cache
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +220,15 @@ def _instance_folder(path, count=4):
   return path
 
 
-def test_an_instance_prompt_captions_every_image_without_caption_files(tmp_path):
+def test_an_instance_prompt_captions_every_image_and_class_images_keep_their_own(tmp_path):
   from sana_jax.data.folder import FolderSource
-  source = FolderSource(str(_instance_folder(tmp_path / "inst")), caption="a sks shape")
+  folder = _instance_folder(tmp_path / "inst")
+  (folder / "img_0.txt").write_text("a red square\n")
+  source = FolderSource(str(folder), caption="a sks shape")
   assert len(source) == 4 and set(source.captions) == {"a sks shape"}
+  classes = FolderSource(str(folder), missing_caption="a shape")  # captions beside images win
+  assert classes.captions == ["a red square", "a shape", "a shape", "a shape"]
+  assert len(FolderSource(str(folder))) == 1
 
 
 @pytest.mark.slow  # 30 s on 2 loaded cores: a loop run that also samples the class images
@@ -245,7 +240,8 @@ def test_prior_preservation_draws_class_images_and_mixes_them_in(base_dir, tmp_p
   workdir = tmp_path / "run"
   loop.train_and_evaluate(cfg, str(workdir))
   drawn = sorted(os.listdir(workdir / "class_images"))
-  assert len(drawn) == 6 and drawn[0] == "class_00000.png"
+  assert drawn == [f"class_{i:05d}.{ext}" for i in range(6) for ext in ("png", "txt")]
+  assert (workdir / "class_images" / "class_00005.txt").read_text() == "a shape\n"
   data = dreambooth.PriorPreservationData(
       loop.pipeline.make_dataset(cfg.data, 4, 0), dreambooth.class_dataset(cfg, str(workdir / "class_images"), 0, 0, 1))
   batch = next(data)
@@ -253,3 +249,21 @@ def test_prior_preservation_draws_class_images_and_mixes_them_in(base_dir, tmp_p
   assert list(batch["captions"]) == ["a sks shape"] * 4 + ["a shape"] * 4
   assert loop.encode_batch(batch, *loop.build_codecs(cfg))["prior"].shape == (8,)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
+
+
+def test_every_command_of_the_lora_training_docs_parses():
+  import concurrent.futures
+  import subprocess
+  import sys
+
+  from tests.training.test_readme_commands import _PARSE, ROOT, readme_commands
+  commands = readme_commands(os.path.join(ROOT, "docs", "lora_training_section.md"))
+  assert {a[0] for a in commands} >= {"sana_jax.train", "sana_jax.plan", "sana_jax.preprocess", "sana_jax.sample"}
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+
+  def parse(argv):
+    return argv, subprocess.run([sys.executable, "-c", _PARSE, json.dumps(argv)], capture_output=True,
+                                text=True, env=env, cwd=ROOT, timeout=300)
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    for argv, out in pool.map(parse, commands):
+      assert out.returncode == 0 and "parsed" in out.stdout, f"{argv}\n{out.stderr[-2000:]}"
