@@ -98,11 +98,12 @@ def save_lora(model, path, adapter_name="default", base_model=None) -> str:
 
 
 # ----------------------------------------------------------------------------- import
-def _strip_prefix(names):
+def _module_name(key):
+  """A file key without its "transformer." / "base_model.model." prefix."""
   for prefix in _PREFIXES:
-    if all(n.startswith(prefix) for n in names):
-      return prefix
-  return ""
+    if key.startswith(prefix):
+      return key[len(prefix):]
+  return key
 
 
 def read_lora_config(source) -> dict:
@@ -137,13 +138,11 @@ def load_lora(model, path, adapter_name="default", scale=1.0):
   for flag in ("use_dora", "lora_bias"):
     if config.get(flag):
       raise CheckpointError(f"LoRA {file}: {flag}=True adapters are not supported")
-  prefix = _strip_prefix(source.names)
   targets = {n: (t, i) for t in lora.lora_targets(model.cfg) for i, n in enumerate(t.names())}
   modules = collections.defaultdict(dict)
   unmatched = []
   for key in sorted(source.names):
-    name = key[len(prefix):]
-    module, _, part = name.rpartition(".lora_")
+    module, _, part = _module_name(key).rpartition(".lora_")
     if module in targets and part in ("A.weight", "B.weight"):
       modules[module][part[0]] = key
     else:
@@ -159,16 +158,18 @@ def load_lora(model, path, adapter_name="default", scale=1.0):
     a, b = (rank, layer.in_features), (layer.out_features, rank)
     if target.conv1x1:
       a, b = a + (1, 1), b + (1, 1)
-    expected[f"{prefix}{module}.lora_A.weight"], expected[f"{prefix}{module}.lora_B.weight"] = a, b
+    key = parts.get("A") or parts["B"].replace(".lora_B.", ".lora_A.")
+    expected[key], expected[key.replace(".lora_A.", ".lora_B.")] = a, b
   check_names("LoRA", file, expected, source.shapes)
   if not modules:
     raise CheckpointError(f"LoRA {file} holds no lora_A / lora_B weights")
-  _add_from_source(model, source, modules, targets, config, prefix, adapter_name)
+  _add_from_source(model, source, modules, targets, config, adapter_name)
   lora.set_adapter_weight(model, adapter_name, scale)
   return model
 
 
-def _add_from_source(model, source, modules, targets, config, prefix, adapter_name):
+def _add_from_source(model, source, modules, targets, config, adapter_name):
+  """modules: {diffusers module name: {"A": file key, "B": file key}}."""
   rslora = bool(config.get("use_rslora", False))
   by_target = collections.defaultdict(dict)
   for module in modules:
@@ -178,8 +179,8 @@ def _add_from_source(model, source, modules, targets, config, prefix, adapter_na
   for target, present in by_target.items():
     to_jax = KINDS["conv1x1" if target.conv1x1 else "linear"][0]
     n = 1 if target.layers is None else target.layers
-    read = {i: (to_jax(np.asarray(source.get(f"{prefix}{m}.lora_A.weight"), np.float32)),
-                to_jax(np.asarray(source.get(f"{prefix}{m}.lora_B.weight"), np.float32))) for i, m in present.items()}
+    read = {i: tuple(to_jax(np.asarray(source.get(modules[m][part]), np.float32)) for part in "AB")
+            for i, m in present.items()}
     width = max(a.shape[1] for a, _ in read.values())
     fan_in, fan_out = next(iter(read.values()))[0].shape[0], next(iter(read.values()))[1].shape[1]
     a_all, b_all = np.zeros((n, fan_in, width), np.float32), np.zeros((n, width, fan_out), np.float32)

@@ -4,6 +4,7 @@
   lora_state(model, adapter_name=None) -> nnx.State of the adapter weights (nnx.LoRAParam)
   adapters(model) -> {name: config dict}   lora_layers(model) -> {Target: LoRALinear}
   set_adapters(model, names, weights=None)   set_adapter_weight(model, name, weight)
+  scaled_weights(state, factor): a split state with every adapter weight times factor
   fuse_lora(model, scale=1.0, adapter_names=None)   unfuse_lora(model)
   delete_adapter(model, name)   unload_lora(model)   set_dropout_key(model, key)
   copy_structure(src, dst): dst (e.g. an abstract model to restore a checkpoint into) gets src's
@@ -113,7 +114,7 @@ class LoRALinear(nnx.Linear):
       setattr(self, name, getattr(base, name))
     self.lora_A, self.lora_B = nnx.Dict(), nnx.Dict()
     self.lora_scale, self.lora_weight, self.lora_rng = nnx.Dict(), nnx.Dict(), nnx.Dict()
-    self.lora_dropout = ()  # ((adapter, rate), ...)
+    self.lora_rates = ()  # ((adapter, dropout rate), ...), one per adapter in the order added
     self.lora_fused = ()    # ((adapter, fused weight), ...): already in the kernel, skipped in __call__
     self.deterministic = True
 
@@ -136,13 +137,13 @@ class LoRALinear(nnx.Linear):
     self.lora_weight[name] = LoRAScale(jnp.ones_like(scale, jnp.float32), **meta(lead))
     if dropout:
       self.lora_rng[name] = LoRARng(jnp.zeros(tuple(scale.shape) + (2,), jnp.uint32), **meta(lead + (None,)))
-    self.lora_dropout = tuple(d for d in self.lora_dropout if d[0] != name) + ((name, float(dropout)),)
+    self.lora_rates = tuple(d for d in self.lora_rates if d[0] != name) + ((name, float(dropout)),)
 
   def remove_adapter(self, name):
     for group in (self.lora_A, self.lora_B, self.lora_scale, self.lora_weight, self.lora_rng):
       if name in group:
         del group[name]
-    self.lora_dropout = tuple(d for d in self.lora_dropout if d[0] != name)
+    self.lora_rates = tuple(d for d in self.lora_rates if d[0] != name)
 
   def delta(self, name):
     """The adapter's kernel update weight * scale * A B, [*L, in, out] float32."""
@@ -154,7 +155,7 @@ class LoRALinear(nnx.Linear):
     y = super().__call__(inputs, out_sharding=out_sharding)
     fused = dict(self.lora_fused)
     dtype = y.dtype
-    for name, rate in self.lora_dropout:
+    for name, rate in self.lora_rates:
       if name in fused:
         continue
       x = inputs.astype(dtype)
@@ -292,6 +293,14 @@ def set_adapter_weight(model, name, weight):
       v[...] = jnp.full_like(v[...], float(weight))
 
 
+def scaled_weights(state, factor) -> nnx.State:
+  """A copy of a model state with every adapter's weight times `factor` (diffusers' per-call
+  `attention_kwargs={"scale": factor}`); fused adapters are in the kernels and keep their scale."""
+  flat = [(p, v.replace(v[...] * jnp.float32(factor)) if "lora_weight" in p else v)
+          for p, v in nnx.to_flat_state(state)]
+  return nnx.from_flat_state(flat)
+
+
 def fuse_lora(model, scale: float = 1.0, adapter_names=None):
   """Adds scale * (each adapter's current weighted update) into the base kernels, in their dtype;
   the fused adapters are then skipped in the forward pass (same output). `unfuse_lora` undoes it."""
@@ -354,7 +363,7 @@ def copy_structure(src, dst):
   the adapter layout of `src`, with zero values: merge it with src's state afterwards."""
   for target, layer in lora_layers(src).items():
     new = lora_layer(dst, target)
-    for name, rate in layer.lora_dropout:
+    for name, rate in layer.lora_rates:
       zeros = lambda v: jnp.zeros(v[...].shape, v[...].dtype)
       new.add_adapter(name, zeros(layer.lora_A[name]), zeros(layer.lora_B[name]),
                       zeros(layer.lora_scale[name]), rate)

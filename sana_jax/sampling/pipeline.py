@@ -277,7 +277,8 @@ class SanaPipeline:
                complex_human_instruction: Sequence[str] | None = CHI_DEFAULT,
                max_sequence_length: int = 300, output_type: str = "pil", return_dict: bool = True,
                progress: bool = False, *, prompt_embeds=None, prompt_attention_mask=None,
-               negative_prompt_embeds=None, negative_prompt_attention_mask=None, generator=None):
+               negative_prompt_embeds=None, negative_prompt_attention_mask=None, generator=None,
+               attention_kwargs=None):
     """Generates images for `prompt` (a string or a list: one batch), diffusers' arguments.
 
     latents: initial noise, NHWC [B * num_images_per_prompt, height/f, width/f, C]; drawn from
@@ -290,8 +291,11 @@ class SanaPipeline:
     output_type: "pil" (list of PIL images), "np" (float32 [B, H, W, 3] in [0, 1]) or "latent".
     Returns a `SanaPipelineOutput`, or the images themselves with return_dict=False.
     progress: show a tqdm bar over the denoising steps.
+    attention_kwargs: as diffusers, {"scale": s} multiplies every loaded LoRA's weight by s for
+      this call (no recompilation); no other key is read.
     """
     start = time.perf_counter()
+    lora_scale = _lora_scale(attention_kwargs)
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     if sampler is not None and sampler not in SAMPLERS:
@@ -330,6 +334,8 @@ class SanaPipeline:
       if guided:
         neg_text, neg_mask = jax.device_put((neg_text, neg_mask), spread)
       transformer_state, vae_state = self._replicated_states(spread)
+    if lora_scale is not None:
+      transformer_state = lora.scaled_weights(transformer_state, lora_scale)
     # The loop's per-step host callback is ordered, which XLA allows on one device only.
     show = progress and spread is None
     with _progress(progress, scheduler.num_inference_steps) as bar, \
@@ -477,6 +483,16 @@ def _noise_key(generator, seed):
     return generator
   raise ValueError(f"generator must be a seed (int) or a JAX key, got {type(generator).__name__}; "
                    "a torch.Generator has no JAX equivalent")
+
+
+def _lora_scale(attention_kwargs):
+  """diffusers' attention_kwargs: only "scale" (the LoRA scale of the call) has a meaning here."""
+  if attention_kwargs is None:
+    return None
+  unknown = sorted(set(attention_kwargs) - {"scale"})
+  if unknown:
+    raise ValueError(f"attention_kwargs: only 'scale' (the LoRA scale) is supported, got {unknown}")
+  return float(attention_kwargs["scale"]) if "scale" in attention_kwargs else None
 
 
 def _check_prompts(prompt) -> list[str]:

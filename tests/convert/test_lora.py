@@ -8,30 +8,23 @@ import json
 import diffusers
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from flax import nnx
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 import sana_jax
+from sana_jax.convert.checkpoints import export_diffusers
 from sana_jax.configs.base import lora_config
 from sana_jax.convert import lora as lora_io
 from sana_jax.convert.tensors import CheckpointError, read_safetensors
 from sana_jax.models import lora
-from tests.models.reference import random_diffusers_transformer, reference_forward
+from tests.models.reference import reference_forward
 from tests.models.test_transformer_parity import inputs
 
 # Linear and 1x1-conv maps, top level and in the blocks.
 PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.conv_inverted", "time_embed.linear"]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-  """(the diffusers transformer, the folder it was saved to)."""
-  ref = random_diffusers_transformer(seed=3, qk_norm=True)
-  folder = tmp_path_factory.mktemp("lora_base")
-  ref.save_pretrained(folder)
-  return ref, folder
 
 
 def _peft_adapter(ref, name, seed, **config):
@@ -65,8 +58,8 @@ def _max_error(ours, ref_out):
 
 
 @pytest.mark.parametrize("with_metadata", [True, False], ids=["metadata", "no_metadata"])
-def test_diffusers_lora_loads_here_with_the_same_output(base, tmp_path, with_metadata):
-  ref, folder = base
+def test_diffusers_lora_loads_here_with_the_same_output(reference, tmp_path, with_metadata):
+  ref, folder = reference
   peft_ref = copy.deepcopy(ref)
   # Block 1's to_q with another rank (zero-padded here) and attn2.to_k with its own alpha.
   _peft_adapter(peft_ref, "pixel", seed=1, r=4, lora_alpha=8, target_modules=PEFT_TARGETS,
@@ -85,8 +78,8 @@ def test_diffusers_lora_loads_here_with_the_same_output(base, tmp_path, with_met
   assert err <= 1e-4, err  # measured 1.6e-6 (metadata), 1.1e-6 (none); fp32 both sides
 
 
-def test_our_lora_loads_in_diffusers_with_the_same_output(base, tmp_path):
-  ref, folder = base
+def test_our_lora_loads_in_diffusers_with_the_same_output(reference, tmp_path):
+  ref, folder = reference
   model = sana_jax.load_transformer(folder)
   targets = r".*attn1\.to_(q|v)|transformer_blocks\.1\.ff\.conv_point|proj_out|caption_projection\.linear_2"
   lora.add_lora(model, lora_config(rank=3, alpha=5.0, target_modules=targets), rngs=nnx.Rngs(0))
@@ -112,8 +105,8 @@ def test_our_lora_loads_in_diffusers_with_the_same_output(base, tmp_path):
   np.testing.assert_allclose(again(x, t, txt, mask), model(x, t, txt, mask), atol=1e-6)
 
 
-def test_several_adapters_with_weights_match_diffusers_set_adapters(base, tmp_path):
-  ref, folder = base
+def test_several_adapters_with_weights_match_diffusers_set_adapters(reference, tmp_path):
+  ref, folder = reference
   peft_ref = copy.deepcopy(ref)
   model = sana_jax.load_transformer(folder)
   for name, seed, targets in (("a", 1, ["to_q", "to_v"]), ("b", 2, ["to_v", "attn2.to_out.0", "ff.conv_point"])):
@@ -132,19 +125,40 @@ def test_several_adapters_with_weights_match_diffusers_set_adapters(base, tmp_pa
   assert _max_error(model(x, t, txt, mask), expected) <= 1e-4
 
 
-def test_keys_that_match_no_layer_are_listed_in_one_line(base, tmp_path):
-  ref, folder = base
+def test_keys_that_match_no_layer_are_listed_in_one_line(reference, tmp_path):
+  ref, folder = reference
   one = copy.deepcopy(ref)
   _peft_adapter(one, "x", seed=0, r=2, lora_alpha=2, target_modules=["to_q"])
   layers = get_peft_model_state_dict(one, adapter_name="x")
   layers["transformer_blocks.7.attn1.to_q.lora_A.weight"] = torch.zeros(2, 64)
   layers["transformer_blocks.0.attn1.to_qq.lora_B.weight"] = torch.zeros(64, 2)
   diffusers.SanaPipeline.save_lora_weights(tmp_path, transformer_lora_layers=layers)
+  file = tmp_path / lora_io.WEIGHT_NAME
+  tensors = safetensors.torch.load_file(file)
+  tensors["text_encoder.layers.0.q_proj.lora_A.weight"] = torch.zeros(2, 8)  # a text-encoder LoRA
+  safetensors.torch.save_file(tensors, file)
   model = sana_jax.load_transformer(folder)
-  with pytest.raises(CheckpointError, match="2 keys match no layer") as err:
+  with pytest.raises(CheckpointError, match="3 keys match no layer") as err:
     lora_io.load_lora(model, tmp_path)
   message = str(err.value)
   assert "\n" not in message and "transformer_blocks.7.attn1.to_q.lora_A" in message
-  assert "attn1.to_qq.lora_B" in message and not lora.adapters(model)
+  assert "attn1.to_qq.lora_B" in message and "text_encoder.layers.0" in message
+  assert "attn1.to_q.lora_A" not in message.replace("7.attn1.to_q.lora_A", "")  # the good keys are not listed
+  assert not lora.adapters(model)
   with pytest.raises(CheckpointError, match="does not exist"):
     lora_io.load_lora(model, tmp_path / "nowhere.safetensors")
+
+
+def test_fused_lora_exports_as_a_merged_diffusers_transformer(reference, tmp_path):
+  ref, folder = reference
+  peft_ref = copy.deepcopy(ref)
+  _peft_adapter(peft_ref, "x", seed=4, r=4, lora_alpha=8, target_modules=PEFT_TARGETS)
+  file = _save_diffusers(peft_ref, "x", tmp_path / "lora")
+  model = lora_io.load_lora(sana_jax.load_transformer(folder), file, adapter_name="x", scale=0.7)
+  peft_ref.set_adapters(["x"], weights=[0.7])
+  lora.fuse_lora(model)
+  export_diffusers(model, tmp_path / "merged")  # the base names only: the kernels hold the update
+  merged = diffusers.SanaTransformer2DModel.from_pretrained(tmp_path / "merged").eval()
+  x, t, txt, mask = inputs(3)
+  err = _max_error(reference_forward(merged, x, t, txt, mask), reference_forward(peft_ref, x, t, txt, mask))
+  assert err <= 1e-4, err  # measured 1.0e-6

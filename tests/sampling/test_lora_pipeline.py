@@ -28,11 +28,11 @@ def latents():
   return np.random.default_rng(5).standard_normal((2, 16, 32, 4)).astype(np.float32)
 
 
-def _diffusers_images(pipe, latents):
+def _diffusers_images(pipe, latents, **kwargs):
   pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
   with torch.no_grad():
     return pipe(PROMPTS, latents=torch.from_numpy(latents.transpose(0, 3, 1, 2)), output_type="np",
-                **SMALL).images
+                **SMALL, **kwargs).images
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,15 @@ def test_loras_both_ways_give_diffusers_images(tiny_folder, tiny_pipe, files, la
     # float32 both sides, images in [0, 1]; measured 1.8e-6, 5.4e-6, 1.6e-5 (weights 0.6 / -1.5)
     assert err <= 1e-4, (names, err)
     compiled.append(pipeline._denoise._cache_size())
+  # diffusers' per-call LoRA scale, also without recompiling
+  half = dict(attention_kwargs={"scale": 0.5})
+  err = float(np.abs(pipe(PROMPTS, latents=latents, **ARGS, **half).images -
+                     _diffusers_images(ref, latents, **half)).max())
+  assert err <= 1e-4, err
+  compiled.append(pipeline._denoise._cache_size())
   assert compiled[0] == compiled[-1]  # new adapter weights reuse the compiled loop
+  with pytest.raises(ValueError, match="only 'scale'"):
+    pipe(PROMPTS, latents=latents, **ARGS, attention_kwargs={"sclae": 0.5})
   pipe.fuse_lora()
   np.testing.assert_allclose(pipe(PROMPTS, latents=latents, **ARGS).images, images, atol=1e-5, rtol=0)
   pipe.unfuse_lora()
