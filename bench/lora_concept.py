@@ -1,6 +1,6 @@
 """Evidence a LoRA learns: teach a base model a colour it never saw, and check the samples for it.
 
-COMMAND: python bench/lora_concept.py [--workdir /tmp/lora_concept --base_steps 1500 --lora_steps 400]
+COMMAND: python bench/lora_concept.py [--workdir /tmp/lora_concept --base_steps 1500 --lora_steps 600]
 
 1. Renders two image folders with the shapes generator (sana_jax/data/shapes.py), captions beside
    them: `base_images/` (every task, every image free of the held-out colour, `--concept`, cyan by
@@ -8,7 +8,8 @@ COMMAND: python bench/lora_concept.py [--workdir /tmp/lora_concept --base_steps 
    square", "a cyan triangle", one object each).
 2. Trains the base with `python -m sana_jax.train`'s loop (configs/tiny.py, data.name=folder) on
    base_images/ for --base_steps, then two LoRAs (configs/lora.py, rank --rank, train.init_from =
-   the base workdir) on concept_images/ for --lora_steps: one alone, one with DreamBooth prior
+   the base workdir, on --targets: cross-attention and caption projection) on concept_images/ for
+   --lora_steps: one alone, one with DreamBooth prior
    preservation (prior_loss_weight 1): half of every batch is class images that the base model
    drew with our sampler for "a <colour> <shape>" prompts of the colours it knows
    (`class_images/`, captions beside them). Finished workdirs are reused.
@@ -30,6 +31,12 @@ from sana_jax.configs import lora as lora_preset
 from sana_jax.convert.checkpoints import load_transformer
 from sana_jax.data import shapes, shapes_eval
 from sana_jax.training import loop
+
+
+# Cross-attention and the caption projection: the text-dependent paths, where a new word can be
+# learned without every image changing (the config's default also adapts the self-attention).
+TARGETS = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "caption_projection.linear_1",
+           "caption_projection.linear_2")
 
 
 def write_folder(directory, examples):
@@ -109,9 +116,10 @@ def main():
   parser.add_argument("--base_images", type=int, default=4000)
   parser.add_argument("--concept_images", type=int, default=96)
   parser.add_argument("--base_steps", type=int, default=1500)
-  parser.add_argument("--lora_steps", type=int, default=400)
+  parser.add_argument("--lora_steps", type=int, default=600)
   parser.add_argument("--class_images", type=int, default=96, help="prior preservation: base samples")
   parser.add_argument("--rank", type=int, default=8)
+  parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated lora.target_modules")
   parser.add_argument("--images", type=int, default=48, help="samples per colour and model")
   args = parser.parse_args()
   if args.known == args.concept:
@@ -134,6 +142,7 @@ def main():
   for workdir, prior in (("lora", False), ("lora_prior", True)):
     lora_cfg = lora_preset.get_config()
     lora_cfg.lora.update(rank=args.rank, alpha=float(args.rank))
+    lora_cfg.lora.target_modules = tuple(args.targets.split(","))
     lora_cfg.data.update(name="folder", path=os.path.join(root, "concept_images"))
     lora_cfg.train.update(init_from=os.path.join(root, "base"), num_steps=args.lora_steps)
     if prior:

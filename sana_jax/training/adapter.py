@@ -15,7 +15,7 @@ A config with a `lora` section (configs/lora.py) trains only the adapter that
 
 The fingerprint hashes a strided sample (at most ~4096 values per array, rounded to bfloat16) of
 every base array together with its path and shape: the same weights give the same fingerprint in
-any dtype or sharding; any training step changes it.
+any dtype or sharding; training the base further changes it (its weights all move).
 """
 import dataclasses
 import hashlib
@@ -137,11 +137,14 @@ def trained_model(cfg, adapter_params, base_info: dict | None):
   and export: what `load_transformer` returns for a LoRA training workdir. Raises ValueError
   when the base on disk is no longer the one the adapter was trained on."""
   from sana_jax.convert.checkpoints import load_transformer
-  model = load_transformer(cfg.train.init_from, dtype=jnp.dtype(cfg.model.param_dtype))
+  path = cfg.train.init_from  # the absolute path recorded at training time, where it still exists
+  if base_info is not None and os.path.exists(base_info.get("path", "")):
+    path = base_info["path"]
+  model = load_transformer(path, dtype=jnp.dtype(cfg.model.param_dtype))
   found = fingerprint(nnx.state(model, nnx.Param))
   if base_info is not None and base_info.get("fingerprint") != found:
     raise ValueError(f"the adapter was trained on the base {base_info.get('path')!r} (fingerprint "
-                     f"{base_info.get('fingerprint')}), but {cfg.train.init_from!r} now has fingerprint {found}")
+                     f"{base_info.get('fingerprint')}), but {path!r} now has fingerprint {found}")
   add_adapter(model, cfg, cfg.seed)
   nnx.update(model, adapter_params)
   return model

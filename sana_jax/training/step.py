@@ -65,7 +65,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, nu
     dropout key from the step's key.
   """
   def loss_fn(params, batch, rng, frozen):
-    model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+    # copy: the dropout key is written below, inside the gradient's trace (the frozen state's
+    # variables were made by jit's, one level up).
+    model = (nnx.merge(graphdef, params) if frozen is None
+             else nnx.merge(graphdef, params, frozen, copy=adapter_dropout))
     if adapter_dropout:
       rng, dropout_rng = jax.random.split(rng)
       adapter.train_mode(model, dropout_rng)

@@ -85,6 +85,25 @@ def test_steps_lower_the_loss_move_the_adapter_and_leave_the_base_as_loaded(base
   assert all(moved)
 
 
+def test_adapter_dropout_acts_in_the_step_only(base_dir):
+  cfg = lora_micro(base_dir)
+  cfg.lora.dropout = 0.5
+  tx = build_optimizer(cfg.optimizer)
+  graphdef, state, _ = train_state.create_train_state(cfg, tx)
+  base = adapter.load_base(cfg)
+  state = state.replace(params=jax.tree.map(lambda x: x + 0.1, state.params))  # B != 0: dropout matters
+  batch = fixed_batch(cfg, height=6)
+  losses = {}
+  for dropout in (False, True):
+    fn = loop.step.make_train_step(graphdef, tx, cfg.train, null_text=jnp.zeros((6, 16)), seed=0,
+                                   adapter_dropout=dropout)
+    losses[dropout] = float(jax.jit(fn)(state, batch, base.params)[1]["loss"])
+  assert np.isfinite(losses[True]) and losses[True] != losses[False]
+  model = nnx.merge(graphdef, state.params, base.params)  # outside the step: deterministic
+  args = (jnp.asarray(batch["latents"]), jnp.full((8,), 500.0), jnp.asarray(batch["text"]), jnp.asarray(batch["text_mask"]))
+  np.testing.assert_array_equal(np.asarray(model(*args)), np.asarray(model(*args)))
+
+
 def test_a_bfloat16_base_stays_bfloat16(base_dir):
   cfg = lora_micro(base_dir)
   cfg.model.param_dtype = "bfloat16"
@@ -251,13 +270,13 @@ def test_prior_preservation_draws_class_images_and_mixes_them_in(base_dir, tmp_p
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
 
 
-def test_every_command_of_the_lora_training_docs_parses():
+def test_every_command_of_the_lora_docs_parses():
   import concurrent.futures
   import subprocess
   import sys
 
   from tests.training.test_readme_commands import _PARSE, ROOT, readme_commands
-  commands = readme_commands(os.path.join(ROOT, "docs", "lora_training_section.md"))
+  commands = readme_commands(os.path.join(ROOT, "docs", "lora.md"))
   assert {a[0] for a in commands} >= {"sana_jax.train", "sana_jax.plan", "sana_jax.preprocess", "sana_jax.sample"}
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
 
