@@ -61,8 +61,10 @@ def _restore(root, step):
   return cfg, state, base_info
 
 
-def load_training_run(workdir) -> TrainingRun:
-  """The newest readable checkpoint of a training workdir; EMA parameters when the run has them."""
+def load_training_run(workdir, dtype=None) -> TrainingRun:
+  """The newest readable checkpoint of a training workdir; EMA parameters when the run has them.
+  dtype: a LoRA run's base is read in it (default: the run's model.param_dtype); the adapter stays
+  float32. Other runs come in their own dtype (load_transformer casts them)."""
   from flax import nnx
 
   from sana_jax.training import adapter, train_state
@@ -85,7 +87,7 @@ def load_training_run(workdir) -> TrainingRun:
     params = state.ema_params if ema else state.params
     if adapter.enabled(cfg):
       try:
-        model = adapter.trained_model(cfg, params, base_info)
+        model = adapter.trained_model(cfg, params, base_info, dtype)
       except ValueError as e:
         raise CheckpointError(f"training workdir {workdir}: {e}") from None
     else:

@@ -132,15 +132,16 @@ def load_base(cfg, mesh=None) -> FrozenBase:
                     info)
 
 
-def trained_model(cfg, adapter_params, base_info: dict | None):
-  """The base of a LoRA run (train.init_from) with its trained adapter on (unfused), for sampling
-  and export: what `load_transformer` returns for a LoRA training workdir. Raises ValueError
-  when the base on disk is no longer the one the adapter was trained on."""
+def trained_model(cfg, adapter_params, base_info: dict | None, dtype=None):
+  """The base of a LoRA run (train.init_from, in `dtype`, default model.param_dtype) with its
+  trained adapter on (unfused, float32), for sampling and export: what `load_transformer`
+  returns for a LoRA training workdir. Raises ValueError when the base on disk is no longer the
+  one the adapter was trained on."""
   from sana_jax.convert.checkpoints import load_transformer
   path = cfg.train.init_from  # the absolute path recorded at training time, where it still exists
   if base_info is not None and os.path.exists(base_info.get("path", "")):
     path = base_info["path"]
-  model = load_transformer(path, dtype=jnp.dtype(cfg.model.param_dtype))
+  model = load_transformer(path, dtype=jnp.dtype(dtype or cfg.model.param_dtype))
   found = fingerprint(nnx.state(model, nnx.Param))
   if base_info is not None and base_info.get("fingerprint") != found:
     raise ValueError(f"the adapter was trained on the base {base_info.get('path')!r} (fingerprint "

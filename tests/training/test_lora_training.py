@@ -16,6 +16,7 @@ from PIL import Image
 
 from sana_jax.configs.base import lora_config
 from sana_jax.convert.checkpoints import load_transformer, save_transformer
+from sana_jax.models import lora as lora_layers
 from sana_jax.optim.registry import build_optimizer
 from sana_jax.training import adapter, checkpointing, dreambooth, loop, objective, resume, train_state
 from sana_jax.training.dreambooth import dreambooth_config
@@ -182,6 +183,9 @@ def test_a_lora_workdir_loads_as_the_base_with_its_trained_adapter(lora_runs, ba
   saved = ocp.StandardCheckpointer().restore(reference / "checkpoints" / "4" / "state")["params"]
   for got, want in zip(jax.tree.leaves(adapter_params), jax.tree.leaves(saved)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  half = load_transformer(str(reference), dtype=jnp.bfloat16)  # sampling in bfloat16
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(half, lora_layers.BASE))} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(half, nnx.LoRAParam))} == {jnp.dtype(jnp.float32)}
 
 
 def test_a_training_workdir_is_a_base(tmp_path):
