@@ -6,7 +6,8 @@
 The file is what diffusers' `SanaPipeline.save_lora_weights` writes and `load_lora_weights` reads
 (`pytorch_lora_weights.safetensors` when `path` is a folder): PEFT names with the "transformer."
 prefix, e.g. `transformer.transformer_blocks.0.attn1.to_q.lora_A.weight` [r, in] and `...lora_B.weight`
-[out, r] ([r, in, 1, 1] / [out, r, 1, 1] for the Mix-FFN 1x1 convs), and the header metadata
+[out, r] ([r, in, 1, 1] / [out, r, 1, 1] for the Mix-FFN 1x1 convs, [r, in, p, p] / [out, r, 1, 1]
+for the patch embedding), and the header metadata
 `lora_adapter_metadata`: the PEFT LoraConfig (r, lora_alpha, target_modules, rank_pattern,
 alpha_pattern, use_rslora, base_model_name_or_path, ...) as JSON, keys prefixed "transformer.".
 
@@ -60,7 +61,7 @@ def lora_tensors(model, adapter_name="default") -> tuple:
   for target, layer in lora.lora_layers(model).items():
     if adapter_name not in layer.lora_A:
       continue
-    to_torch = KINDS["conv1x1" if target.conv1x1 else "linear"][1]
+    a_torch, b_torch = KINDS[target.kind][1], KINDS[_b_kind(target)][1]
     a = np.asarray(layer.lora_A[adapter_name][...], np.float32)
     b = np.asarray(layer.lora_B[adapter_name][...], np.float32)
     scale = np.asarray(layer.lora_scale[adapter_name][...], np.float32)
@@ -69,8 +70,8 @@ def lora_tensors(model, adapter_name="default") -> tuple:
     for name, a_i, b_i, s_i in zip(target.names(), a, b, scale):
       if s_i == 0:  # a stacked layer the adapter does not target
         continue
-      tensors[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(to_torch(a_i))
-      tensors[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(to_torch(b_i))
+      tensors[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(a_torch(a_i))
+      tensors[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(b_torch(b_i))
       ranks[name], alphas[name] = a_i.shape[-1], _alpha(s_i, a_i.shape[-1], rslora)
   rank = collections.Counter(ranks.values()).most_common(1)[0][0]
   alpha = collections.Counter(alphas.values()).most_common(1)[0][0]
@@ -82,6 +83,11 @@ def lora_tensors(model, adapter_name="default") -> tuple:
       init_lora_weights="gaussian" if info["init"] == "gaussian" else True,
       base_model_name_or_path=info.get("base_model") or None)
   return tensors, config
+
+
+def _b_kind(target):
+  """lora_B is a Linear for a Linear, a 1x1 Conv2d for any Conv2d (PEFT)."""
+  return "linear" if target.kind == "linear" else "conv1x1"
 
 
 def save_lora(model, path, adapter_name="default", base_model=None) -> str:
@@ -153,11 +159,12 @@ def load_lora(model, path, adapter_name="default", scale=1.0):
   expected = {}
   for module, parts in modules.items():
     target, _ = targets[module]
-    layer = lora.layer_at(model, target)
     rank = source.shapes[parts["A"]][0] if "A" in parts else source.shapes[parts["B"]][1]
-    a, b = (rank, layer.in_features), (layer.out_features, rank)
-    if target.conv1x1:
-      a, b = a + (1, 1), b + (1, 1)
+    a, b = lora.adapter_shapes(lora.layer_at(model, target), rank, target.layers is not None)
+    if target.layers is not None:
+      a, b = a[1:], b[1:]
+    a, b = (KINDS[kind][1](np.empty(shape, np.int8)).shape for kind, shape in
+            ((target.kind, a), (_b_kind(target), b)))
     key = parts.get("A") or parts["B"].replace(".lora_B.", ".lora_A.")
     expected[key], expected[key.replace(".lora_A.", ".lora_B.")] = a, b
   check_names("LoRA", file, expected, source.shapes)
@@ -177,17 +184,18 @@ def _add_from_source(model, source, modules, targets, config, adapter_name):
     by_target[target][i] = module
   ranks = []
   for target, present in by_target.items():
-    to_jax = KINDS["conv1x1" if target.conv1x1 else "linear"][0]
+    to_jax = {"A": KINDS[target.kind][0], "B": KINDS[_b_kind(target)][0]}
     n = 1 if target.layers is None else target.layers
-    read = {i: tuple(to_jax(np.asarray(source.get(modules[m][part]), np.float32)) for part in "AB")
+    read = {i: tuple(to_jax[part](np.asarray(source.get(modules[m][part]), np.float32)) for part in "AB")
             for i, m in present.items()}
-    width = max(a.shape[1] for a, _ in read.values())
-    fan_in, fan_out = next(iter(read.values()))[0].shape[0], next(iter(read.values()))[1].shape[1]
-    a_all, b_all = np.zeros((n, fan_in, width), np.float32), np.zeros((n, width, fan_out), np.float32)
+    width = max(a.shape[-1] for a, _ in read.values())
+    a0, b0 = next(iter(read.values()))
+    a_all = np.zeros((n,) + a0.shape[:-1] + (width,), np.float32)
+    b_all = np.zeros((n, width, b0.shape[-1]), np.float32)
     scale = np.zeros((n,), np.float32)
     for i, (a, b) in read.items():
-      r = a.shape[1]
-      a_all[i, :, :r], b_all[i, :r] = a, b
+      r = a.shape[-1]
+      a_all[i, ..., :r], b_all[i, :r] = a, b
       # PEFT: alpha from alpha_pattern, else lora_alpha; diffusers: no metadata means alpha = rank
       alpha = _pattern_value(config.get("alpha_pattern"), present[i], config.get("lora_alpha", r))
       scale[i] = lora.scale_of(r, alpha, rslora)

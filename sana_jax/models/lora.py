@@ -2,7 +2,7 @@
 
   add_lora(model, lora_cfg, *, rngs, adapter_name="default") -> model   (in place, also returned)
   lora_state(model, adapter_name=None) -> nnx.State of the adapter weights (nnx.LoRAParam)
-  adapters(model) -> {name: config dict}   lora_layers(model) -> {Target: LoRALinear}
+  adapters(model) -> {name: config dict}   lora_layers(model) -> {Target: LoRALinear / LoRAConv}
   set_adapters(model, names, weights=None)   set_adapter_weight(model, name, weight)
   scaled_weights(state, factor): a split state with every adapter weight times factor
   fuse_lora(model, scale=1.0, adapter_names=None)   unfuse_lora(model)
@@ -12,7 +12,8 @@
   lora_targets(cfg) / match_targets(cfg, target_modules): which layers a pattern selects
 Files (diffusers / PEFT format): sana_jax/convert/lora.py (save_lora / load_lora).
 
-A targeted `nnx.Linear` is replaced by a `LoRALinear` that keeps the very same `kernel` / `bias`
+A targeted `nnx.Linear` is replaced by a `LoRALinear` (the patch embedding's nnx.Conv by a
+`LoRAConv`, whose A is a conv with the patch kernel [p, p, in, r]) that keeps the very same `kernel` / `bias`
 variables (same state paths, so checkpoints, conversion tables and FSDP rules of the base model are
 unchanged) and adds, per adapter name,
   lora_A[name]  [*L, in, r]   nnx.LoRAParam, fp32, sharding names (*L, <kernel in axis>, None)
@@ -32,7 +33,7 @@ trains them. Dropout (lora_cfg.dropout > 0) acts only after `model.train()` (nnx
 Targets: the diffusers names of every linear map of the transformer (derived from the conversion
 table in sana_jax/convert/transformer.py): transformer_blocks.{i}.attn1.to_q/to_k/to_v/to_out.0,
 attn2.*, ff.conv_inverted, ff.conv_point, time_embed.emb.timestep_embedder.linear_1/2,
-time_embed.linear, caption_projection.linear_1/2, proj_out. target_modules as PEFT reads it: a list
+time_embed.linear, caption_projection.linear_1/2, proj_out, patch_embed.proj. target_modules as PEFT reads it: a list
 of names, each matching a layer whose name equals it or ends with "." + it; a string is a regular
 expression the whole name must match.
 """
@@ -60,22 +61,25 @@ class LoRARng(nnx.Variable):
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  """A linear map of the transformer: our module path, diffusers module name ("{i}" = block)."""
+  """A map of the transformer LoRA can adapt: our module path, diffusers module name ("{i}" =
+  block), and the PyTorch layout kind of its weight (sana_jax/convert/tensors.py KINDS): "linear",
+  "conv1x1" (the Mix-FFN 1x1 Conv2d: PEFT stores [r, in, 1, 1]) or "conv" (the patch embedding:
+  PEFT's lora_A is a Conv2d with its kernel and stride, lora_B a 1x1 Conv2d)."""
   path: tuple
   diffusers: str
   layers: int | None  # depth for the stacked blocks, None for a top-level map
-  conv1x1: bool       # a 1x1 Conv2d in diffusers (Mix-FFN): PEFT stores [r, in, 1, 1] weights
+  kind: str
 
   def names(self) -> list:
     return [self.diffusers] if self.layers is None else [self.diffusers.format(i=i) for i in range(self.layers)]
 
 
 def lora_targets(cfg) -> list:
-  """Every map LoRA can adapt in the model `cfg` describes (patch_embed and the depthwise conv
-  are not linear maps and are not offered)."""
+  """Every map LoRA can adapt in the model `cfg` describes (all but the depthwise 3x3 conv)."""
   from sana_jax.convert.transformer import transformer_entries
-  return [Target(e.ours[:-1], e.theirs[:-len(".weight")], e.layers, e.kind == "conv1x1")
-          for e in transformer_entries(cfg) if e.ours[-1] == "kernel" and e.kind in ("linear", "conv1x1")]
+  return [Target(e.ours[:-1], e.theirs[:-len(".weight")], e.layers, e.kind)
+          for e in transformer_entries(cfg) if e.ours[-1] == "kernel" and
+          (e.kind in ("linear", "conv1x1") or e.ours == ("patch_embed", "kernel"))]
 
 
 def _matches(name, target_modules) -> bool:
@@ -105,38 +109,41 @@ def match_targets(cfg, target_modules) -> dict:
   return out
 
 
-class LoRALinear(nnx.Linear):
-  """nnx.Linear plus named low-rank adapters; built from an existing Linear, sharing its variables."""
+class _Adapters:
+  """Named low-rank adapters beside a base layer's own variables (mixed into LoRALinear / LoRAConv).
 
-  def __init__(self, base: nnx.Linear):
-    for name in ("in_features", "out_features", "use_bias", "dtype", "param_dtype", "precision",
-                 "dot_general", "promote_dtype", "preferred_element_type", "kernel", "bias"):
-      setattr(self, name, getattr(base, name))
+  lora_A[name] [*L, *kernel dims but the last, r], lora_B[name] [*L, r, out]; `_down(x, a)` maps
+  the input to the r adapter channels the way the base layer maps it to its outputs."""
+
+  def _take_base(self, base):
+    for name, value in vars(base).items():
+      if not name.startswith("_pytree"):
+        setattr(self, name, value)
     self.lora_A, self.lora_B = nnx.Dict(), nnx.Dict()
     self.lora_scale, self.lora_weight, self.lora_rng = nnx.Dict(), nnx.Dict(), nnx.Dict()
     self.lora_rates = ()  # ((adapter, dropout rate), ...), one per adapter in the order added
-    self.lora_fused = ()    # ((adapter, fused weight), ...): already in the kernel, skipped in __call__
+    self.lora_fused = ()  # ((adapter, fused weight), ...): already in the kernel, skipped in __call__
+    self.lora_base_fields = tuple(n for n in vars(base) if not n.startswith("_pytree"))
     self.deterministic = True
 
-  def base_linear(self) -> nnx.Linear:
-    """A plain nnx.Linear over the same kernel / bias variables."""
-    lin = nnx.eval_shape(lambda: nnx.Linear(1, 1, use_bias=self.use_bias, rngs=nnx.Rngs(0)))
-    for name in ("in_features", "out_features", "dtype", "param_dtype", "precision", "dot_general",
-                 "promote_dtype", "preferred_element_type", "kernel", "bias"):
-      setattr(lin, name, getattr(self, name))
-    return lin
+  def base_module(self):
+    """The plain base layer (nnx.Linear / nnx.Conv) over the same kernel / bias variables."""
+    module = nnx.eval_shape(self._placeholder)
+    for name in self.lora_base_fields:
+      setattr(module, name, getattr(self, name))
+    return module
 
   def add_adapter(self, name, a, b, scale, dropout=0.0):
-    """a [*L, in, r], b [*L, r, out], scale [*L] (fp32 arrays); sharding names follow the kernel."""
+    """a [*L, ..., r], b [*L, r, out], scale [*L] (fp32 arrays); sharding names follow the kernel."""
     names = tuple(self.kernel.get_metadata().get("out_sharding") or (None,) * self.kernel[...].ndim)
-    lead = names[:-2]
+    lead = names[:jnp.ndim(scale)]
     meta = lambda n: dict(out_sharding=n, eager_sharding=False)
-    self.lora_A[name] = nnx.LoRAParam(a, **meta(lead + (names[-2], None)))
+    self.lora_A[name] = nnx.LoRAParam(a, **meta(names[:-1] + (None,)))
     self.lora_B[name] = nnx.LoRAParam(b, **meta(lead + (None, names[-1])))
     self.lora_scale[name] = LoRAScale(jnp.asarray(scale, jnp.float32), **meta(lead))
     self.lora_weight[name] = LoRAScale(jnp.ones_like(scale, jnp.float32), **meta(lead))
     if dropout:
-      self.lora_rng[name] = LoRARng(jnp.zeros(tuple(scale.shape) + (2,), jnp.uint32), **meta(lead + (None,)))
+      self.lora_rng[name] = LoRARng(jnp.zeros(tuple(jnp.shape(scale)) + (2,), jnp.uint32), **meta(lead + (None,)))
     self.lora_rates = tuple(d for d in self.lora_rates if d[0] != name) + ((name, float(dropout)),)
 
   def remove_adapter(self, name):
@@ -146,13 +153,13 @@ class LoRALinear(nnx.Linear):
     self.lora_rates = tuple(d for d in self.lora_rates if d[0] != name)
 
   def delta(self, name):
-    """The adapter's kernel update weight * scale * A B, [*L, in, out] float32."""
+    """The adapter's kernel update weight * scale * A B, the kernel's shape, float32."""
     a, b = self.lora_A[name][...], self.lora_B[name][...]
     factor = self.lora_scale[name][...] * self.lora_weight[name][...]
-    return jnp.einsum("...ir,...ro->...io", a, b, precision="highest") * factor[..., None, None]
+    update = jnp.matmul(a, b, precision="highest")
+    return update * factor.reshape(factor.shape + (1,) * (update.ndim - factor.ndim))
 
-  def __call__(self, inputs, out_sharding=None):
-    y = super().__call__(inputs, out_sharding=out_sharding)
+  def _with_adapters(self, inputs, y):
     fused = dict(self.lora_fused)
     dtype = y.dtype
     for name, rate in self.lora_rates:
@@ -164,8 +171,51 @@ class LoRALinear(nnx.Linear):
         keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         x = jnp.where(keep, x / (1.0 - rate), 0).astype(dtype)
       factor = (self.lora_scale[name][...] * self.lora_weight[name][...]).astype(dtype)
-      y = y + (x @ self.lora_A[name][...].astype(dtype)) @ self.lora_B[name][...].astype(dtype) * factor
+      y = y + self._down(x, self.lora_A[name][...].astype(dtype)) @ self.lora_B[name][...].astype(dtype) * factor
     return y
+
+
+class LoRALinear(_Adapters, nnx.Linear):
+  """nnx.Linear plus named low-rank adapters; built from an existing Linear, sharing its variables."""
+
+  def __init__(self, base: nnx.Linear):
+    self._take_base(base)
+
+  @staticmethod
+  def _placeholder():
+    return nnx.Linear(1, 1, rngs=nnx.Rngs(0))
+
+  def _down(self, x, a):
+    return x @ a
+
+  def __call__(self, inputs, out_sharding=None):
+    return self._with_adapters(inputs, super().__call__(inputs, out_sharding=out_sharding))
+
+
+class LoRAConv(_Adapters, nnx.Conv):
+  """nnx.Conv (the patch embedding: no groups or dilation) plus named adapters; A is a conv with
+  the base kernel's size and stride, B a 1x1 conv, as PEFT adapts a Conv2d."""
+
+  def __init__(self, base: nnx.Conv):
+    if base.feature_group_count != 1 or base.kernel_dilation not in (1, None, (1, 1)):
+      raise ValueError("LoRA adapts plain convolutions only (no groups or dilation)")
+    self._take_base(base)
+
+  @staticmethod
+  def _placeholder():
+    return nnx.Conv(1, 1, kernel_size=(1, 1), rngs=nnx.Rngs(0))
+
+  def _down(self, x, a):
+    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides or (1, 1))
+    return jax.lax.conv_general_dilated(x, a, strides, self.padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def __call__(self, inputs, out_sharding=None):
+    return self._with_adapters(inputs, super().__call__(inputs, out_sharding=out_sharding))
+
+
+def is_lora_layer(module) -> bool:
+  return isinstance(module, _Adapters)
 
 
 # ----------------------------------------------------------------------------- the model API
@@ -181,8 +231,8 @@ def _set(model, path, value):
 
 
 def lora_layers(model) -> dict:
-  """{diffusers-style Target: LoRALinear} of the layers that carry adapters."""
-  return {t: m for t in lora_targets(model.cfg) if isinstance(m := _get(model, t.path), LoRALinear)}
+  """{Target: LoRALinear / LoRAConv} of the layers that carry adapters."""
+  return {t: m for t in lora_targets(model.cfg) if is_lora_layer(m := _get(model, t.path))}
 
 
 def adapters(model) -> dict:
@@ -202,17 +252,24 @@ def register(model, name, info):
 
 
 def layer_at(model, target):
-  """The module (nnx.Linear or LoRALinear) at `target`."""
+  """The module (nnx.Linear / nnx.Conv, or its LoRA form) at `target`."""
   return _get(model, target.path)
 
 
-def lora_layer(model, target) -> LoRALinear:
-  """The LoRALinear at `target` (a plain Linear there is wrapped first)."""
+def lora_layer(model, target):
+  """The LoRALinear / LoRAConv at `target` (a plain layer there is wrapped first)."""
   layer = _get(model, target.path)
-  if not isinstance(layer, LoRALinear):
-    layer = LoRALinear(layer)
+  if not is_lora_layer(layer):
+    layer = (LoRAConv if isinstance(layer, nnx.Conv) else LoRALinear)(layer)
     _set(model, target.path, layer)
   return layer
+
+
+def adapter_shapes(layer, rank, stacked: bool) -> tuple:
+  """(A shape, B shape) of a rank-`rank` adapter on `layer`; `stacked`: its kernel has a layer axis."""
+  kernel = layer.kernel[...].shape
+  lead = kernel[:1] if stacked else ()
+  return kernel[:-1] + (rank,), lead + (rank, kernel[-1])
 
 
 def add_lora(model, lora_cfg, *, rngs: nnx.Rngs, adapter_name: str = "default"):
@@ -233,16 +290,17 @@ def add_lora(model, lora_cfg, *, rngs: nnx.Rngs, adapter_name: str = "default"):
   targets = lora_cfg.target_modules
   for target, mask in match_targets(model.cfg, targets).items():
     layer = lora_layer(model, target)
-    lead = () if target.layers is None else (target.layers,)
-    fan_in = layer.in_features
+    stacked = target.layers is not None
+    a_shape, b_shape = adapter_shapes(layer, rank, stacked)
+    fan_in = math.prod(a_shape[int(stacked):-1])
     key = rngs.params()
     if init == "gaussian":
-      a = jax.random.normal(key, lead + (fan_in, rank), jnp.float32) / rank
+      a = jax.random.normal(key, a_shape, jnp.float32) / rank
     else:
       bound = 1.0 / math.sqrt(fan_in)
-      a = jax.random.uniform(key, lead + (fan_in, rank), jnp.float32, -bound, bound)
-    b = jnp.zeros(lead + (rank, layer.out_features), jnp.float32)
-    s = jnp.asarray(mask if lead else mask[0], jnp.float32) * scale
+      a = jax.random.uniform(key, a_shape, jnp.float32, -bound, bound)
+    b = jnp.zeros(b_shape, jnp.float32)
+    s = jnp.asarray(mask if stacked else mask[0], jnp.float32) * scale
     layer.add_adapter(adapter_name, a, b, s, lora_cfg.get("dropout", 0.0))
   info = dict(rank=rank, alpha=float(lora_cfg.alpha), init=init, dropout=float(lora_cfg.get("dropout", 0.0)),
               use_rslora=bool(lora_cfg.get("use_rslora", False)), base_model=lora_cfg.get("base_model", ""),
@@ -337,7 +395,7 @@ def delete_adapter(model, name):
   for target, layer in lora_layers(model).items():
     layer.remove_adapter(name)
     if not layer.lora_A:
-      _set(model, target.path, layer.base_linear())
+      _set(model, target.path, layer.base_module())
   model.lora_adapters = tuple((n, c) for n, c in model.lora_adapters if n != name)
 
 

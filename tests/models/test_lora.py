@@ -60,7 +60,7 @@ def _by_hand(model, weights):
     info = lora.adapters(model)[path[-1]]
     scale = info["alpha"] / info["rank"] * weights[path[-1]]
     k = kernels[path[:-2]]
-    k[...] = k[...] + scale * np.einsum("...ir,...ro->...io", np.asarray(a[...]), np.asarray(b))
+    k[...] = k[...] + scale * np.matmul(np.asarray(a[...]), np.asarray(b))
   return base
 
 
