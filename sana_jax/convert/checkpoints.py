@@ -57,7 +57,7 @@ def load_transformer(path, config=None, dtype=jnp.float32, variant: str | None =
   """
   path = local_folder_or_file(path, "transformer checkpoint")
   if training_run.is_training_run(path):
-    run = training_run.load_training_run(path)
+    run = training_run.load_training_run(path, dtype)  # a LoRA run reads its base in dtype
     model = run.transformer
     if config is not None or jnp.dtype(dtype) != jnp.dtype(model.cfg.param_dtype):
       cfg = _with_dtype(resolve_config(config) if config is not None else model.cfg, dtype)

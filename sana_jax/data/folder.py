@@ -4,6 +4,11 @@
   data/BCC.jpg  data/BCC.json    caption = json["prompt"] (the key is configurable; NVlabs' caption
                                  jsons may also nest it under the file stem: {"BCC": {"prompt": ...}})
 
+DreamBooth: `FolderSource(path, caption="a sks dog")` gives every image of the folder that one
+caption (an instance prompt with a rare token); caption files are then neither needed nor read.
+`FolderSource(path, missing_caption="a dog")` keeps the captions beside the images and gives that
+one to images without (class images of prior preservation).
+
 The folder is scanned once (recursively, in sorted order, so every host sees the same indices):
 each image's header is read for its size (aspect-ratio buckets need it) and its caption is read.
 Images that cannot be opened or have no caption are skipped, counted in `skipped` and logged.
@@ -43,7 +48,10 @@ def read_caption(stem_path: str, json_key: str = "prompt") -> str | None:
 class FolderSource:
   """Random-access source over an image-caption folder: {"image": uint8 [H, W, 3], "caption": str}."""
 
-  def __init__(self, path: str, json_caption_key: str = "prompt"):
+  def __init__(self, path: str, json_caption_key: str = "prompt", caption: str = "",
+               missing_caption: str = ""):
+    """caption: when not empty, the caption of every image (the files beside them are ignored).
+    missing_caption: when not empty, the caption of images that have no caption file."""
     if not os.path.isdir(path):
       raise FileNotFoundError(f"image folder {path!r} does not exist")
     self.path = path
@@ -56,11 +64,13 @@ class FolderSource:
           continue
         file = os.path.join(root, name)
         try:
-          caption = read_caption(os.path.splitext(file)[0], json_caption_key)
+          text = caption or read_caption(os.path.splitext(file)[0], json_caption_key)
         except (OSError, ValueError, AttributeError) as e:  # unreadable or malformed caption file
           self._skip("bad_caption", file, e)
           continue
-        if caption is None:
+        if text is None and missing_caption:
+          text = missing_caption
+        if text is None:
           self._skip("no_caption", file, "no .txt or .json caption beside it")
           continue
         try:
@@ -70,7 +80,7 @@ class FolderSource:
           self._skip("unreadable", file, e)
           continue
         paths.append(file)
-        captions.append(caption)
+        captions.append(text)
         sizes.append((height, width))
     if not paths:
       raise ValueError(f"no readable captioned images in {path!r} (skipped: {dict(self.skipped)})")

@@ -37,6 +37,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.name = "shapes"              # one of SOURCES
   c.path = ""                    # folder of images + captions (name="folder") or the cache (name="cache")
   c.json_caption_key = "prompt"  # caption field of a folder's .json files
+  c.instance_prompt = ""         # name="folder": caption every image with this (DreamBooth, "a sks dog")
   c.tfds_name = ""               # e.g. "my_dataset" or "my_dataset/config:1.0.0" (name="tfds")
   c.tfds_data_dir = ""           # "" = TFDS's default data dir
   c.tfds_image_key = "image"
@@ -63,7 +64,7 @@ def build_source(cfg: ml_collections.ConfigDict):
     from sana_jax.data.folder import FolderSource
     if not cfg.path:
       raise ValueError("data.name='folder' needs data.path, the folder of images and captions")
-    return FolderSource(cfg.path, cfg.json_caption_key)
+    return FolderSource(cfg.path, cfg.json_caption_key, cfg.get("instance_prompt", ""))
   if cfg.name == "tfds":
     from sana_jax.data.tfds_source import TfdsSource
     return TfdsSource(cfg.tfds_name, cfg.split, cfg.tfds_data_dir, cfg.tfds_image_key, cfg.tfds_caption_key)

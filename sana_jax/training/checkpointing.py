@@ -3,7 +3,9 @@ the data iterator position, written under `<workdir>/checkpoints/<step>/`.
 
 Every step directory holds three items: `state` (the sharded TrainState), `config` (the run's
 config as JSON, so a checkpoint describes itself) and `data` (the Grain iterator state, so a
-resumed run reads exactly the batches an uninterrupted run would have read).
+resumed run reads exactly the batches an uninterrupted run would have read). A LoRA run's steps
+hold a fourth, `base`: the pointer to the frozen base its adapter was trained on (path and
+fingerprint, training/adapter.py); its `state` holds only the adapter and its optimiser state.
 
 Nothing is deleted that was not replaced:
 - Orbax writes each step to `<step>.orbax-checkpoint-tmp*` and renames it when complete; such
@@ -74,7 +76,7 @@ class Checkpointer:
     self.owner = owner
     self.removed_partial = self._remove_partial_saves() if owner else []
     self.manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "config", "data"),
+        self.directory, item_names=("state", "config", "data", "base"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save))
 
@@ -108,15 +110,25 @@ class Checkpointer:
         continue
     return None
 
-  def save(self, step: int, state, config, data_state: dict):
-    """Starts writing `step` (returns before the write ends when async); raises CheckpointError
-    when the save is declined or the previous asynchronous save failed."""
-    self.check()
+  def stored_base(self, step: int):
+    """The `base` item of `step` (a LoRA run's pointer to its frozen base), or None."""
     try:
-      saved = self.manager.save(int(step), args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          config=ocp.args.JsonSave(json.loads(config.to_json())),
-          data=ocp.args.JsonSave(data_state)))
+      return json.loads((self.directory / str(step) / "base" / "metadata").read_text())
+    except (OSError, ValueError):
+      return None
+
+  def save(self, step: int, state, config, data_state: dict, base: dict | None = None):
+    """Starts writing `step` (returns before the write ends when async); raises CheckpointError
+    when the save is declined or the previous asynchronous save failed. base: a LoRA run's
+    pointer to its frozen base (JSON), saved as the step's `base` item."""
+    self.check()
+    items = dict(state=ocp.args.StandardSave(state),
+                 config=ocp.args.JsonSave(json.loads(config.to_json())),
+                 data=ocp.args.JsonSave(data_state))
+    if base is not None:
+      items["base"] = ocp.args.JsonSave(base)
+    try:
+      saved = self.manager.save(int(step), args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 - disk errors surface as many types
       raise CheckpointError(f"saving step {step} in {self.directory} failed ({short_error(e)}); "
                             f"{self._newest_good()}") from None

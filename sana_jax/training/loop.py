@@ -18,6 +18,11 @@ The loop never waits on the device per step: the next batch is encoded and shard
 background thread (host.Prefetcher), and metrics are read back at log and checkpoint steps only,
 where a NaN / Inf loss or gradient norm stops the run naming its step. Checkpoints are written
 only from finite parameters.
+
+A config with a `lora` section trains only an adapter on the frozen base `train.init_from`
+(training/adapter.py); its checkpoints hold the adapter and a pointer to the base. DreamBooth
+options (an instance prompt, prior preservation with class images our sampler draws from the base)
+are described in training/dreambooth.py.
 """
 import contextlib
 import json
@@ -39,7 +44,8 @@ from sana_jax.optim.registry import build_optimizer, make_schedule
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling import grid
 from sana_jax.sampling.schedulers import scheduler_config, scheduler_from_config
-from sana_jax.training import checkpointing, distributed, host, metrics, resume, sharding, step, train_state
+from sana_jax.training import (adapter, checkpointing, distributed, dreambooth, host, metrics, resume,
+                               sharding, step, train_state)
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,14 +79,19 @@ def single_device_training(cfg):
   benchmarks and tests that drive the step themselves; `train_and_evaluate` shards its own).
 
   -> (autoencoder, text_encoder, graphdef, state, update, null_text [L, C]); update(state, batch).
+  With cfg.lora, `state` is the adapter's and `update` passes the frozen base (train.init_from).
   """
   tx = build_optimizer(cfg.optimizer)
   autoencoder, text_encoder = build_codecs(cfg)
   graphdef, state, _ = train_state.create_train_state(cfg, tx)
   null_text, null_mask = (jnp.asarray(a[0]) for a in text_encoder.null_embedding())  # [L, C], [L]
-  update = step.jit_train_step(step.make_train_step(
+  jitted = step.jit_train_step(step.make_train_step(
       graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask, seed=cfg.seed,
-      learning_rate_fn=make_schedule(cfg.optimizer)))
+      learning_rate_fn=make_schedule(cfg.optimizer), adapter_dropout=adapter.has_dropout(cfg)))
+  update = jitted
+  if adapter.enabled(cfg):
+    base = adapter.load_base(cfg).params
+    update = lambda state, batch: jitted(state, batch, base)
   return autoencoder, text_encoder, graphdef, state, update, null_text
 
 
@@ -88,15 +99,17 @@ def encode_batch(host_batch, autoencoder, text_encoder) -> dict:
   """Pipeline batch (images in [-1, 1], captions) -> model inputs as numpy arrays.
 
   Batches from a preprocessed cache already hold latents and caption features: passed through.
+  Prior preservation batches (training/dreambooth.py) keep their "prior" row marks [B].
   """
+  extra = {"prior": np.asarray(host_batch["prior"], np.int32)} if "prior" in host_batch else {}
   if "latents" in host_batch:
     return {"latents": np.asarray(host_batch["latents"], np.float32),
             "text": np.asarray(host_batch["text"], np.float32),
-            "text_mask": np.asarray(host_batch["text_mask"], np.int32)}
+            "text_mask": np.asarray(host_batch["text_mask"], np.int32), **extra}
   latents = autoencoder.encode(host_batch["images"]) * autoencoder.scaling_factor
   text, mask = text_encoder.encode([str(c) for c in host_batch["captions"]])
   return {"latents": np.asarray(latents, np.float32), "text": np.asarray(text, np.float32),
-          "text_mask": np.asarray(mask, np.int32)}
+          "text_mask": np.asarray(mask, np.int32), **extra}
 
 
 def make_scheduler(sampling_cfg):
@@ -106,6 +119,7 @@ def make_scheduler(sampling_cfg):
 def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):
   """(params, prompts, seed, latent_shape) -> images float [B, H, W, 3] in [-1, 1], CFG with "".
 
+  params: the model's state, or a tuple of states to merge (LoRA: (adapter, base)).
   mesh: traced under it (`jax.set_mesh`), which a sequence-parallel model needs.
   """
   scheduler = make_scheduler(sampling_cfg)
@@ -113,7 +127,7 @@ def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):
 
   @jax.jit
   def denoise(params, noise, text, mask):
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
     return sample_loop(model, noise, scheduler, sampling_cfg.guidance_scale, text, mask,
                        null_text, null_mask)
 
@@ -137,8 +151,9 @@ def heldout_shapes(cfg, count: int):
 
 
 
-def _restore_or_init(cfg, tx, ckpt, abstract, shardings, mesh, workdir):
-  """-> (state, data_state or None, notices). Compares the stored config first (ResumeError)."""
+def _restore_or_init(cfg, tx, ckpt, abstract, shardings, mesh, workdir, base):
+  """-> (state, data_state or None, notices). Compares the stored config first (ResumeError),
+  and for a LoRA run (base: FrozenBase) the base the adapter was trained on."""
   stored = ckpt.stored_config()
   if stored is None and ckpt.steps() and (workdir / "config.json").exists():
     stored = ckpt.steps()[-1], json.loads((workdir / "config.json").read_text())
@@ -153,6 +168,8 @@ def _restore_or_init(cfg, tx, ckpt, abstract, shardings, mesh, workdir):
   except Exception:  # noqa: BLE001 - a config from another version: the field rules still apply
     layout = ""
   notices = resume.check_resume(stored_cfg, json.loads(cfg.to_json()), workdir, step_of_config, layout)
+  if base is not None:
+    resume.check_base(ckpt.stored_base(step_of_config), base.info, workdir, step_of_config)
   restored = ckpt.restore_latest(checkpointing.abstract_with_shardings(abstract, shardings))
   if restored is None:
     _, state, _ = train_state.create_train_state(cfg, tx, mesh)
@@ -164,8 +181,8 @@ def _restore_or_init(cfg, tx, ckpt, abstract, shardings, mesh, workdir):
 class _Run:
   """The mutable state of one training run between steps: what was saved, what is pending."""
 
-  def __init__(self, cfg, ckpt, state, saved_step):
-    self.cfg, self.ckpt, self.state = cfg, ckpt, state
+  def __init__(self, cfg, ckpt, state, saved_step, base=None):
+    self.cfg, self.ckpt, self.state, self.base = cfg, ckpt, state, base
     self.saved_step = saved_step      # newest step this run restored or wrote (None: none)
     self.pending = []                 # (step, device metrics) not yet read back
     self.window = []                  # metrics read back since the last log step
@@ -210,7 +227,8 @@ class _Run:
     self.drain()
     if not checkpointing.all_finite((self.state.params, self.state.ema_params)):
       self.diverged(f"the parameters are not finite after step {at}", at + 1)
-    self.ckpt.save(at, self.state, self.cfg, distributed.gather_host_states(self.data_state))
+    self.ckpt.save(at, self.state, self.cfg, distributed.gather_host_states(self.data_state),
+                   None if self.base is None else self.base.info)
     self.saved_step = at
 
 
@@ -249,6 +267,9 @@ def _train(cfg, workdir, is_main) -> dict:
   batch_sharding = sharding.batch_sharding(mesh, rules, cfg.model)
   # Each host reads the rows its devices hold (hosts that share rows read the same samples).
   host_shard, host_shards = sharding.process_batch_shard(batch_sharding, cfg.train.batch_size)
+  if dreambooth.prior_preservation(cfg) and cfg.train.batch_size % (2 * host_shards):
+    raise ValueError(f"with prior preservation train.batch_size {cfg.train.batch_size} is half instance, half "
+                     f"class images: it must be a multiple of 2 x {host_shards} hosts reading the data")
   tx = build_optimizer(cfg.optimizer)
   from_cache = cfg.data.name == "cache"
   if from_cache:  # the cache holds encoder outputs; codecs are only needed for sample grids
@@ -261,30 +282,44 @@ def _train(cfg, workdir, is_main) -> dict:
       autoencoder = text_encoder = None
   else:
     autoencoder, text_encoder = build_codecs(cfg)
-  graphdef = train_state.model_graphdef(cfg.model)
+  graphdef = train_state.train_graphdef(cfg)
   abstract = train_state.abstract_train_state(cfg, tx)
   shardings = train_state.state_shardings(abstract, mesh, rules)
+  base = adapter.load_base(cfg, mesh) if adapter.enabled(cfg) else None
+  if base is not None:
+    print(f"LoRA: training the adapter only ({_size(abstract.params)}) on the frozen base "
+          f"{base.info['path']} ({_size(base.params)}, fingerprint {base.info['fingerprint']})", flush=True)
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints, owner=True)
   try:
     return _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules, graphdef,
                       batch_sharding, host_shard, host_shards, autoencoder, text_encoder,
-                      cache_source if from_cache else None)
+                      cache_source if from_cache else None, base)
   finally:
     ckpt.close()
 
 
+def _size(params) -> str:
+  leaves = jax.tree.leaves(params)
+  count = sum(int(np.prod(x.shape)) for x in leaves)
+  return f"{count:,} parameters, {sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in leaves) / 2**20:.1f} MiB"
+
+
 def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules, graphdef,
-               batch_sharding, host_shard, host_shards, autoencoder, text_encoder, cache_source):
+               batch_sharding, host_shard, host_shards, autoencoder, text_encoder, cache_source, base):
   if ckpt.removed_partial:
     print(f"removed partial checkpoint folders of an interrupted save: {ckpt.removed_partial}", flush=True)
-  state, data_state, notices = _restore_or_init(cfg, tx, ckpt, abstract, shardings, mesh, workdir)
+  state, data_state, notices = _restore_or_init(cfg, tx, ckpt, abstract, shardings, mesh, workdir, base)
   for line in notices:
     print(line, flush=True)
   first_step = int(state.step)
-  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed, host_shard, host_shards)
+  weights = (lambda s: s) if base is None else (lambda s: (s, base.params))  # what the sampler merges
+  prior = dreambooth.prior_preservation(cfg)
+  data = pipeline.make_dataset(cfg.data, cfg.train.batch_size // (2 if prior else 1), cfg.seed, host_shard,
+                               host_shards)
   if data_state is not None:
     data_state = distributed.own_host_state(data_state)  # this host's iterator
-    data.set_state(data_state)
+    if not prior:  # prior preservation: set on the joined data below
+      data.set_state(data_state)
     print(f"resumed from {ckpt.directory} at step {first_step}", flush=True)
 
   def write_start():
@@ -301,16 +336,24 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
     latent_hw, text_tokens = first["latents"].shape[0], first["text"].shape[0]
   else:
     latent_hw, text_tokens = cfg.data.image_size // autoencoder.spatial_compression, text_encoder.max_length
-  update = step.jit_train_step(
+  jitted = step.jit_train_step(
       step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask,
-                           seed=cfg.seed, learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params),
-      mesh, shardings, batch_sharding, rules)
+                           seed=cfg.seed,
+                           learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params,
+                           prior_loss_weight=cfg.dreambooth.prior_loss_weight if prior else 1.0,
+                           adapter_dropout=adapter.has_dropout(cfg)),
+      mesh, shardings, batch_sharding, rules, None if base is None else base.shardings)
+  update = jitted if base is None else (lambda state, batch: jitted(state, batch, base.params))
   sampler = None
   if autoencoder:
     sampler = make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling,
                            mesh if cfg.model.get("seq_parallel_axis") else None)
-  grid_prompts = heldout_shapes(cfg, cfg.sampling.num_images)[0] if cfg.sampling.num_images else []
+  grid_prompts = _grid_prompts(cfg)
   latent_shape = (latent_hw, latent_hw, cfg.model.in_channels)
+  if prior:
+    base_only = weights(jax.tree.map(jnp.zeros_like, state.params)) if base is not None else state.params
+    data = _with_class_images(cfg, workdir, data, data_state, sampler, base_only, latent_shape,
+                              host_shard, host_shards, is_main)
   flops_per_image = metrics.train_flops_per_image(cfg.model, latent_hw, latent_hw, text_tokens)
   peak = metrics.peak_flops()
 
@@ -319,14 +362,14 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(str(workdir / "tensorboard"))
   num_steps = cfg.train.num_steps
-  run = _Run(cfg, ckpt, state, first_step if data_state is not None else None)
+  run = _Run(cfg, ckpt, state, first_step if data_state is not None else None, base)
   run.data_state = data_state if data_state is not None else data.get_state()
 
   def draw_grid(at_step):
     if sampler is None or not grid_prompts:
       return
     params = run.state.ema_params if run.state.ema_params is not None else run.state.params
-    images = sampler(params, grid_prompts, cfg.seed, latent_shape)
+    images = sampler(weights(params), grid_prompts, cfg.seed, latent_shape)
     if is_main:
       grid.save_grid(images, grid_prompts, workdir / "samples" / f"step_{at_step:07d}.png")
 
@@ -401,19 +444,20 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
   draw_grid(final)
   summary = {"step": final, "workdir": str(workdir), "saved": final}
   if sampler is not None and cfg.data.name == "shapes" and cfg.sampling.num_eval_images:
-    summary.update(_final_evaluation(cfg, run.state, sampler, latent_shape, workdir, is_main, writer, final))
+    summary.update(_final_evaluation(cfg, run.state, sampler, latent_shape, workdir, is_main, writer, final,
+                                     weights))
   ckpt.wait()
   if writer is not None:
     writer.close()
   return summary
 
 
-def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, writer, at) -> dict:
+def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, writer, at, weights) -> dict:
   """Scores samples for held-out prompts; writes eval.json and samples/eval_step_N.png (each
   image with its prompt and the evaluator's verdict)."""
   prompts, specs = heldout_shapes(cfg, cfg.sampling.num_eval_images)
   params = state.ema_params if state.ema_params is not None else state.params
-  images = sampler(params, prompts, cfg.seed + 1, latent_shape)
+  images = sampler(weights(params), prompts, cfg.seed + 1, latent_shape)
   per_image = shapes_eval.verdicts(list(images), specs)
   scores = shapes_eval.score_verdicts(per_image)
   counts = {}
@@ -428,6 +472,36 @@ def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, write
     for k, v in scores.items():
       writer.add_scalar(f"shapes_eval/{k}", v, at)
   return out
+
+
+def _grid_prompts(cfg) -> list[str]:
+  """The sample grid's prompts: held-out shapes captions, or a DreamBooth run's instance prompt
+  (half the grid) and class prompt."""
+  count = cfg.sampling.num_images
+  instance = cfg.data.get("instance_prompt", "")
+  if instance and count:
+    classes = cfg.dreambooth.class_prompt if cfg.get("dreambooth") else ""
+    return [instance] * (count - count // 2) + [classes or instance] * (count // 2)
+  return heldout_shapes(cfg, count)[0] if count else []
+
+
+def _with_class_images(cfg, workdir, data, data_state, sampler, weights, latent_shape, host_shard,
+                       host_shards, is_main):
+  """The instance data joined with the class images (drawn first where missing): a
+  dreambooth.PriorPreservationData, positioned at data_state when resuming."""
+  directory = dreambooth.class_directory(cfg, workdir)
+  sample = None if sampler is None else (lambda prompts, seed, shape: sampler(weights, prompts, seed, shape))
+  drawn = dreambooth.top_up_class_images(cfg, directory, sample, latent_shape,
+                                         max(cfg.sampling.num_images, 8), is_main)
+  if drawn:
+    print(f"prior preservation: drew {drawn} class images for {cfg.dreambooth.class_prompt!r} into {directory}",
+          flush=True)
+  distributed.any_process(False)  # every process waits for the images process 0 wrote
+  joined = dreambooth.PriorPreservationData(
+      data, dreambooth.class_dataset(cfg, directory, cfg.seed, host_shard, host_shards))
+  if data_state is not None:
+    joined.set_state(data_state)
+  return joined
 
 
 def _wait_quietly(ckpt):

@@ -5,11 +5,13 @@ timestep sigma * 1000 and must predict the velocity eps - x0. sigma is drawn on 
 training grid by a logit-normal index and then shifted towards noise by `flow_shift`:
     i = floor(sigmoid(N(mean, std)) * 1000),  sigma = shift(grid[i]),  grid = linspace(0, 0.999, 1000)
     shift(s) = flow_shift * s / (1 + (flow_shift - 1) * s)
-The loss is the plain (unweighted) mean squared error. Caption dropout swaps a sample's caption
-embedding for the null-prompt embedding; given the null prompt's mask too, the mask is swapped with
-it, so the unconditional branch is trained on exactly what classifier-free guidance feeds it at
-sampling time ("" encoded with its own mask, as diffusers' SanaPipeline and our pipeline do).
-Without it the caption's mask is kept (NVlabs' dropout).
+The loss is the plain (unweighted) mean squared error. With DreamBooth prior preservation the
+batch marks its class-image rows (batch["prior"] = 1) and the loss is, as in diffusers'
+train_dreambooth_lora_sana.py, mean(instance rows) + prior_loss_weight * mean(class rows).
+Caption dropout swaps a sample's caption embedding for the null-prompt embedding; given the null
+prompt's mask too, the mask is swapped with it, so the unconditional branch is trained on exactly
+what classifier-free guidance feeds it at sampling time ("" encoded with its own mask, as diffusers'
+SanaPipeline and our pipeline do). Without it the caption's mask is kept (NVlabs' dropout).
 """
 import jax
 import jax.numpy as jnp
@@ -53,10 +55,11 @@ def drop_captions(rng, text, null_text, probability, text_mask=None, null_mask=N
 
 
 def flow_matching_loss(model, batch, rng, *, null_text, flow_shift, logit_mean=0.0, logit_std=1.0,
-                       caption_dropout=0.0, null_mask=None):
+                       caption_dropout=0.0, null_mask=None, prior_loss_weight=1.0):
   """Mean squared velocity error of `model` on one batch.
 
-  batch: "latents" [B, H, W, C] (already scaled), "text" [B, L, C_text], "text_mask" [B, L].
+  batch: "latents" [B, H, W, C] (already scaled), "text" [B, L, C_text], "text_mask" [B, L];
+    optional "prior" [B] (1 = a class image of prior preservation, weighted by prior_loss_weight).
   Returns (loss, aux) with aux = {"sigma": [B]} for logging.
   """
   x0 = batch["latents"].astype(jnp.float32)
@@ -68,5 +71,11 @@ def flow_matching_loss(model, batch, rng, *, null_text, flow_shift, logit_mean=0
                                   batch["text_mask"], null_mask)
   x_t = noisy_latents(x0, noise, sigma)
   velocity = model(x_t, sigma * NUM_TRAIN_TIMESTEPS, text, text_mask)
-  loss = jnp.mean(jnp.square(velocity.astype(jnp.float32) - (noise - x0)))
-  return loss, {"sigma": sigma}
+  error = jnp.square(velocity.astype(jnp.float32) - (noise - x0))
+  if "prior" not in batch:
+    return jnp.mean(error), {"sigma": sigma}
+  per_sample = jnp.mean(error, axis=tuple(range(1, error.ndim)))  # [B]
+  prior = batch["prior"].astype(jnp.float32)
+  instance = jnp.sum(per_sample * (1.0 - prior)) / jnp.maximum(jnp.sum(1.0 - prior), 1.0)
+  class_term = jnp.sum(per_sample * prior) / jnp.maximum(jnp.sum(prior), 1.0)
+  return instance + prior_loss_weight * class_term, {"sigma": sigma}

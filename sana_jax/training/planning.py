@@ -6,6 +6,9 @@ Parameter, optimiser-state and EMA bytes per device are summed from the sharding
 memory analysis gives the temporaries (activations kept for the backward pass, gradients,
 workspace). The figures come from whatever backend compiles (the CPU when simulating): fusion and
 layouts differ on TPU, so treat them as estimates and keep a margin.
+
+For a LoRA config the parameters and optimiser state are the adapter's; the frozen base (in
+model.param_dtype, sharded like the full model's weights) is its own row.
 """
 import dataclasses
 
@@ -14,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sana_jax.optim.registry import build_optimizer
-from sana_jax.training import metrics, sharding, step, train_state
+from sana_jax.training import adapter, metrics, sharding, step, train_state
 
 
 @dataclasses.dataclass
@@ -28,12 +31,15 @@ class MemoryPlan:
   temporaries: int       # bytes per device, compiler temporaries (activations, gradients, ...)
   total: int             # bytes per device the step needs at its peak (state + batch + temporaries)
   train_flops_per_device: float  # model FLOPs of one step per device (3x forward)
+  frozen: int = 0        # bytes per device, a LoRA run's frozen base weights
 
   def table(self) -> str:
     gib = lambda b: f"{b / 2**30:10.2f} GiB" if b >= 2**30 else f"{b / 2**20:10.2f} MiB"
     rows = [("parameters", self.params), ("optimiser state", self.optimizer), ("EMA", self.ema),
             ("batch", self.batch), ("activations + temporaries", self.temporaries),
             ("total", self.total)]
+    if self.frozen:
+      rows[:1] = [("frozen base weights", self.frozen), ("adapter parameters", self.params)]
     mesh = ", ".join(f"{k}={v}" for k, v in self.mesh.items())
     lines = [f"per-device memory on {self.num_devices} devices ({mesh}):"]
     lines += [f"  {name:<27}{gib(value)}" for name, value in rows]
@@ -66,17 +72,25 @@ def plan_memory(cfg, mesh, *, batch_size: int, image_size: int, text_tokens: int
   latent = image_size // factor
   rules = sharding.axis_rules(cfg.mesh)
   tx = build_optimizer(cfg.optimizer)
-  graphdef = train_state.model_graphdef(cfg.model)
+  graphdef = train_state.train_graphdef(cfg)
   abstract = train_state.abstract_train_state(cfg, tx)
   shardings = train_state.state_shardings(abstract, mesh, rules)
+  frozen_in, frozen_shardings, args = None, None, ()
+  if adapter.enabled(cfg):
+    frozen = adapter.abstract_split(cfg)[2]
+    frozen_shardings = sharding.tree_shardings(frozen, mesh, rules)
+    frozen_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), frozen,
+                             frozen_shardings)
+    args = (frozen_in,)
   batch_sharding = sharding.batch_sharding(mesh, rules, cfg.model)
   batch = abstract_batch(cfg, batch_size, latent, text_tokens, batch_sharding)
   fn = step.make_train_step(graphdef, tx, cfg.train,
                             null_text=jnp.zeros((text_tokens, cfg.model.caption_channels)), seed=0,
-                            param_shardings=shardings.params)
+                            param_shardings=shardings.params, adapter_dropout=adapter.has_dropout(cfg))
   state_in = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-  compiled = step.jit_train_step(fn, mesh, shardings, batch_sharding, rules).lower(state_in, batch).compile()
+  compiled = step.jit_train_step(fn, mesh, shardings, batch_sharding, rules,
+                                 frozen_shardings).lower(state_in, batch, *args).compile()
   analysis = compiled.memory_analysis()
 
   params = _bytes_per_device(abstract.params, shardings.params)
@@ -88,7 +102,8 @@ def plan_memory(cfg, mesh, *, batch_size: int, image_size: int, text_tokens: int
   # Donated state aliases the outputs, so the peak is arguments + temporaries (+ non-aliased outputs).
   outputs = max(int(analysis.output_size_in_bytes) - int(analysis.alias_size_in_bytes), 0)
   flops = metrics.train_flops_per_image(cfg.model, latent, latent, text_tokens) * batch_size
-  return MemoryPlan(num_devices=mesh.size, mesh=dict(mesh.shape), params=params,
+  frozen_bytes = 0 if frozen_in is None else _bytes_per_device(frozen_in, frozen_shardings)
+  return MemoryPlan(num_devices=mesh.size, mesh=dict(mesh.shape), params=params, frozen=frozen_bytes,
                     optimizer=optimizer, ema=ema, batch=batch_bytes, temporaries=temporaries,
                     total=arguments + temporaries + outputs,
                     train_flops_per_device=flops / mesh.size)

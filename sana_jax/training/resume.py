@@ -6,12 +6,16 @@ saved weights and optimiser state stop the run (`ResumeError`, listing every dif
 the two ways forward); every other field is applied with a one-line notice:
 
   stop:   model.* (but the runtime knobs below), codecs.*, optimizer.name and the fields that lay
-          out its state (min_8bit_size, block_size, layer_axis_pattern), and any change that alters
-          the saved train state's tree, shapes or dtypes (e.g. EMA switched on or off)
+          out its state (min_8bit_size, block_size, layer_axis_pattern), the LoRA fields that
+          shape or scale the adapter (lora.rank, alpha, target_modules, use_rslora; LoRA on or
+          off), and any change that alters the saved train state's tree, shapes or dtypes (e.g.
+          EMA switched on or off)
   notice: everything else: learning rate and schedule, batch size, steps, logging, checkpoint and
           sample cadence, sampling, data loading, mesh, seed, and the model's runtime knobs
           (attention_impl, remat_policy, dtype, seq_parallel_axis, seq_parallel_batch_axis,
           scan_unroll)
+  LoRA runs also refuse a train.init_from (the frozen base) whose weights differ from the base the
+  adapter was trained on, in one line (`check_base`, with the fingerprint of training/adapter.py).
 """
 import json
 import os
@@ -23,6 +27,8 @@ RUNTIME_MODEL_FIELDS = ("attention_impl", "remat_policy", "dtype", "seq_parallel
                         "seq_parallel_batch_axis", "scan_unroll")
 # Optimiser fields that decide the optimiser state's layout (which arrays, which shapes).
 OPTIMIZER_LAYOUT_FIELDS = ("name", "min_8bit_size", "block_size", "layer_axis_pattern")
+# LoRA fields that decide what the adapter's arrays are and how they scale the base's outputs.
+LORA_LAYOUT_FIELDS = ("rank", "alpha", "target_modules", "use_rslora")
 
 
 class ResumeError(ValueError):
@@ -48,6 +54,8 @@ def stops_resume(field: str) -> bool:
     return name not in RUNTIME_MODEL_FIELDS
   if section == "codecs":
     return True
+  if section == "lora":
+    return name in LORA_LAYOUT_FIELDS
   return section == "optimizer" and name in OPTIMIZER_LAYOUT_FIELDS
 
 
@@ -80,12 +88,28 @@ def check_resume(stored: dict, requested: dict, workdir, step: int, layout_diffe
         "(fresh optimiser state, step 0; needs the same architecture) together with a new "
         "--workdir, or train from scratch in a new --workdir. Nothing was written.")
   notices = []
+  lora_run = bool(requested.get("lora"))
   for k, (a, b) in changes.items():
-    if k == "train.init_from":
+    if k == "train.init_from" and lora_run:
+      notices.append(f"resume: the frozen base train.init_from {a!r} -> {b!r} (same weights)")
+    elif k == "train.init_from":
       notices.append(f"resume: train.init_from={b!r} is ignored (continuing from checkpoint {step})")
     else:
       notices.append(f"resume: {k} {a!r} -> {b!r}")
   return notices
+
+
+def check_base(stored: dict | None, current: dict, workdir, step: int) -> None:
+  """Raises ResumeError (one line) when a LoRA checkpoint's base pointer `stored` ({"path",
+  "fingerprint"}) names other weights than the base this run loaded (`current`)."""
+  if stored is None:
+    raise ResumeError(f"{workdir}: checkpoint step {step} has no record of its LoRA base; "
+                      "start a new --workdir")
+  if stored.get("fingerprint") != current["fingerprint"]:
+    raise ResumeError(
+        f"{workdir}: its adapter was trained on the base {stored.get('path')!r} (fingerprint "
+        f"{stored.get('fingerprint')}), but train.init_from={current['path']!r} has fingerprint "
+        f"{current['fingerprint']}; pass that base again, or start a new --workdir")
 
 
 def describe_layout_difference(saved, requested) -> str:

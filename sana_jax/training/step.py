@@ -1,8 +1,11 @@
 """One optimiser update: loss, gradients (optionally accumulated over micro-batches), update, EMA.
 
-`make_train_step` returns a pure function `(state, batch) -> (state, metrics)`; `jit_train_step`
-compiles it with explicit input/output shardings and donates the old state, so a step holds one
-copy of the weights and optimiser state (big_vision / MaxDiffusion style).
+`make_train_step` returns a pure function `(state, batch[, frozen]) -> (state, metrics)`;
+`jit_train_step` compiles it with explicit input/output shardings and donates the old state, so a
+step holds one copy of the weights and optimiser state (big_vision / MaxDiffusion style).
+
+LoRA (training/adapter.py): the state holds only the adapter; the frozen base weights come as the
+third argument `frozen`, in their own dtype, neither differentiated, updated nor donated.
 """
 import jax
 import jax.numpy as jnp
@@ -11,6 +14,7 @@ from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from sana_jax.training import adapter
 from sana_jax.training.objective import flow_matching_loss
 from sana_jax.training.train_state import TrainState
 
@@ -46,27 +50,41 @@ def accumulate_gradients(grad_fn, params, batch, rng, num_micro: int):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, null_text, seed: int,
-                    learning_rate_fn=None, param_shardings=None, null_mask=None):
+                    learning_rate_fn=None, param_shardings=None, prior_loss_weight=1.0,
+                    adapter_dropout=False, null_mask=None):
   """The update function for `TrainState`s of the model `graphdef`.
 
+  graphdef: nnx.merge(graphdef, state.params) is the model, or, with the `frozen` argument of
+    the step, nnx.merge(graphdef, state.params, frozen) (LoRA: adapter + frozen base).
   null_text [L, C]: the null-prompt embedding used for caption dropout; null_mask [L]: its mask,
     swapped in with it (else a dropped caption keeps its own mask; see objective.drop_captions).
   learning_rate_fn(step) -> lr, reported in the metrics when given.
   param_shardings: when given, gradients are constrained to the parameters' shardings, so the
     compiler reduce-scatters them instead of materialising full copies (FSDP).
+  prior_loss_weight: weight of the class-image rows of a batch with "prior" (DreamBooth).
+  adapter_dropout: the LoRA adapters have dropout: the merged model runs in training mode with a
+    dropout key from the step's key.
   """
-  def loss_fn(params, batch, rng):
-    model = nnx.merge(graphdef, params)
+  def loss_fn(params, batch, rng, frozen):
+    # copy: the dropout key is written below, inside the gradient's trace (the frozen state's
+    # variables were made by jit's, one level up).
+    model = (nnx.merge(graphdef, params) if frozen is None
+             else nnx.merge(graphdef, params, frozen, copy=adapter_dropout))
+    if adapter_dropout:
+      rng, dropout_rng = jax.random.split(rng)
+      adapter.train_mode(model, dropout_rng)
     return flow_matching_loss(
         model, batch, rng, null_text=null_text, flow_shift=train_cfg.flow_shift,
         logit_mean=train_cfg.logit_mean, logit_std=train_cfg.logit_std,
-        caption_dropout=train_cfg.caption_dropout, null_mask=null_mask)
+        caption_dropout=train_cfg.caption_dropout, null_mask=null_mask,
+        prior_loss_weight=prior_loss_weight)
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)  # argument 0 only: never the base
   ema_decay = float(train_cfg.ema_decay)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, frozen=None):
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    grad_fn = lambda params, micro, key: value_and_grad(params, micro, key, frozen)
     loss, grads = accumulate_gradients(grad_fn, state.params, batch, rng, train_cfg.grad_accum_steps)
     if param_shardings is not None:
       grads = jax.lax.with_sharding_constraint(grads, param_shardings)
@@ -83,10 +101,12 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, nu
   return train_step
 
 
-def jit_train_step(train_step, mesh=None, state_shardings=None, batch_sharding=None, rules=None):
+def jit_train_step(train_step, mesh=None, state_shardings=None, batch_sharding=None, rules=None,
+                   frozen_shardings=None):
   """jax.jit with the state donated; explicit shardings when a mesh is given.
 
-  With `rules` the step is traced under the logical-axis rules and the mesh, so the model's
+  frozen_shardings: the shardings of the step's third argument (a LoRA run's frozen base; not
+  donated). With `rules` the step is traced under the logical-axis rules and the mesh, so the model's
   activation constraints (`models.transformer.constrain`) take effect.
   """
   if mesh is None:
@@ -95,9 +115,12 @@ def jit_train_step(train_step, mesh=None, state_shardings=None, batch_sharding=N
   if rules is not None:
     inner = train_step
 
-    def train_step(state, batch):
+    def train_step(state, batch, *frozen):
       with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), flax_spmd.logical_axis_rules(rules):
-        return inner(state, batch)
+        return inner(state, batch, *frozen)
 
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+  in_shardings = (state_shardings, batch_sharding)
+  if frozen_shardings is not None:
+    in_shardings += (frozen_shardings,)
+  return jax.jit(train_step, in_shardings=in_shardings,
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))

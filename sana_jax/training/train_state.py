@@ -4,6 +4,9 @@ The NNX model is split once into a static graph definition and its parameters; t
 works on the parameters alone and merges them back into a module to run it (MaxDiffusion style).
 The model's `dtype` sets the compute precision (bfloat16 on accelerators) while its `param_dtype`
 keeps the master weights, and therefore the optimiser update, in float32.
+
+A LoRA config (training/adapter.py) makes the state the adapter's alone: params, EMA and optimiser
+state cover the LoRAParams; the frozen base is loaded by `adapter.load_base` and never enters it.
 """
 from typing import Any
 
@@ -16,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sana_jax.models.transformer import SanaTransformer
 from sana_jax.optim import layout
-from sana_jax.training import sharding
+from sana_jax.training import adapter, sharding
 
 
 @flax.struct.dataclass
@@ -42,11 +45,26 @@ def model_graphdef(model_cfg) -> nnx.GraphDef:
   return graphdef
 
 
+def train_graphdef(cfg) -> nnx.GraphDef:
+  """The graph the train step merges its params into: the model's, or with cfg.lora the model
+  with its adapter (merge(graphdef, adapter, base))."""
+  return adapter.abstract_split(cfg)[0] if adapter.enabled(cfg) else model_graphdef(cfg.model)
+
+
+def _trainable(cfg) -> nnx.State:
+  """Freshly initialised trainable params: the model's, or (LoRA) the adapter's only (the base
+  built here is never returned, so under jit it is never computed)."""
+  model = build_model(cfg.model, cfg.seed)
+  if adapter.enabled(cfg):
+    return adapter.split(adapter.add_adapter(model, cfg, cfg.seed))[1]
+  return nnx.state(model, nnx.Param)
+
+
 def _initializer(cfg, tx):
   use_ema = cfg.train.ema_decay > 0
 
   def init():
-    params = nnx.state(build_model(cfg.model, cfg.seed), nnx.Param)
+    params = _trainable(cfg)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       ema_params=jax.tree.map(jnp.copy, params) if use_ema else None)
   return init
@@ -58,12 +76,7 @@ def _initializer_from_checkpoint(cfg, tx):
   fresh optimiser state and step 0. The checkpoint's architecture must equal cfg.model's."""
   from sana_jax.convert.checkpoints import load_transformer
   source = load_transformer(cfg.train.init_from, dtype=jnp.dtype(cfg.model.param_dtype))
-  keys = ("hidden_size", "depth", "patch_size", "in_channels", "out_channels", "caption_channels",
-          "cross_num_heads", "cross_head_dim", "qk_norm", "mlp_ratio")
-  diff = {k: (source.cfg[k], cfg.model[k]) for k in keys if source.cfg[k] != cfg.model[k]}
-  if diff:
-    raise ValueError(f"train.init_from={cfg.train.init_from!r} does not match model config "
-                     f"(checkpoint, config): {diff}")
+  adapter.check_architecture(source.cfg, cfg.model, cfg.train.init_from)
   loaded = nnx.state(source, nnx.Param)
   use_ema = cfg.train.ema_decay > 0
 
@@ -93,11 +106,12 @@ def create_train_state(cfg, tx: optax.GradientTransformation, mesh=None):
   """Builds (graphdef, state, state_shardings).
 
   With a mesh the state is initialised directly into its shardings (no host ever holds the whole
-  model); without one it lives on the default device and the shardings are None.
+  model); without one it lives on the default device and the shardings are None. With cfg.lora
+  the state is the adapter's (train.init_from names the base, for `adapter.load_base`).
   """
-  graphdef = model_graphdef(cfg.model)
+  graphdef = train_graphdef(cfg)
   init = _initializer(cfg, tx)
-  if cfg.train.get("init_from"):
+  if cfg.train.get("init_from") and not adapter.enabled(cfg):
     init = _initializer_from_checkpoint(cfg, tx)
   if mesh is None:
     return graphdef, jax.jit(init)(), None
