@@ -1,6 +1,6 @@
 """tiny: a ~1M-parameter SANA 1.5-style model for CPU runs, tests and the default training job.
 
-COMMAND: python -m sana_jax.train            (this config is the default; about 7 minutes on 2 idle cores)
+COMMAND: python -m sana_jax.train            (this config is the default; about 6 minutes on 2 idle cores)
 Trains on the built-in 32x32 shapes data with parameter-free codecs: 4x4 space-to-depth "latents"
 (8x8x48) and fixed random word vectors for the captions.
 """
