@@ -97,6 +97,7 @@ def codecs_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.autoencoder = "dc-ae-f32c32"  # or "space_to_depth" (built in, parameter-free)
   c.autoencoder_factor = 32       # spatial compression
+  c.scaling_factor = 1.0          # space_to_depth only: latents = pixels x this (a DC-AE brings its own)
   c.text_encoder = "gemma-2-2b-it"  # or "word_embedding" (built in, parameter-free)
   c.max_text_length = 300
   c.update(overrides)

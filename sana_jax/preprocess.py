@@ -32,6 +32,9 @@ _TEXT_ENCODER = flags.DEFINE_string(
     "text_encoder", "builtin", "'builtin' (word embeddings) or a Gemma-2 (+ tokenizer) / Sana pipeline folder.")
 _AUTOENCODER_FACTOR = flags.DEFINE_integer(
     "autoencoder_factor", _TINY.codecs.autoencoder_factor, "Built-in autoencoder: spatial compression.")
+_SCALING_FACTOR = flags.DEFINE_float(
+    "scaling_factor", _TINY.codecs.scaling_factor,
+    "Built-in autoencoder: latents = pixels x this (train with the same codecs.scaling_factor).")
 _CAPTION_CHANNELS = flags.DEFINE_integer(
     "caption_channels", _TINY.model.caption_channels, "Built-in text encoder: feature width.")
 _MAX_TEXT_LENGTH = flags.DEFINE_integer(
@@ -54,10 +57,10 @@ def _component(path: str, name: str) -> str:
   return inner if os.path.isdir(inner) else path
 
 
-def build_autoencoder(spec: str, factor: int, dtype):
+def build_autoencoder(spec: str, factor: int, dtype, scaling_factor: float = 1.0):
   if spec == "builtin":
     from sana_jax.models.simple_codecs import SpaceToDepthAutoencoder
-    return SpaceToDepthAutoencoder(factor)
+    return SpaceToDepthAutoencoder(factor, scaling_factor=scaling_factor)
   from sana_jax.convert.autoencoder import load_autoencoder
   return load_autoencoder(_component(spec, "vae"), dtype=dtype)
 
@@ -78,7 +81,7 @@ def main(argv):
   dtype = jnp.dtype(_DTYPE.value)
   builtin_text = _TEXT_ENCODER.value == "builtin"
   max_text_length = _MAX_TEXT_LENGTH.value or (_TINY.codecs.max_text_length if builtin_text else 300)
-  autoencoder = build_autoencoder(_AUTOENCODER.value, _AUTOENCODER_FACTOR.value, dtype)
+  autoencoder = build_autoencoder(_AUTOENCODER.value, _AUTOENCODER_FACTOR.value, dtype, _SCALING_FACTOR.value)
   text_encoder = build_text_encoder(_TEXT_ENCODER.value, _CAPTION_CHANNELS.value, max_text_length, dtype)
   chi = None
   if not builtin_text and _CHI.value:

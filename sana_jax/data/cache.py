@@ -289,6 +289,14 @@ class CacheSource:
     with np.load(os.path.join(self.path, NULL_TEXT), allow_pickle=False) as f:
       return f["text"], f["text_mask"]
 
+  def check_autoencoder(self, autoencoder) -> None:
+    """Raises ValueError when the cached latents were scaled otherwise than `autoencoder` decodes them."""
+    cached, decoded = float(self.manifest["scaling_factor"]), float(autoencoder.scaling_factor)
+    if abs(cached - decoded) > 1e-6 * max(abs(cached), 1.0):
+      raise ValueError(f"cache {self.path!r} holds latents scaled by {cached:g} but the run's autoencoder "
+                       f"decodes with scaling_factor {decoded:g}; set --config.codecs.scaling_factor={cached:g} "
+                       "or re-run preprocess with the run's value")
+
   def check_model(self, model_cfg) -> None:
     """Raises ValueError when the cached latents or text features do not fit the model config."""
     m = self.manifest

@@ -19,13 +19,17 @@ class SpaceToDepthAutoencoder:
   latent of pixel (y*f + i, x*f + j, c) is channel c*f*f + i*f + j of latent pixel (y, x).
   """
 
-  def __init__(self, factor: int = 4, in_channels: int = 3):
+  def __init__(self, factor: int = 4, in_channels: int = 3, scaling_factor: float = 1.0):
     if factor < 1:
       raise ValueError(f"factor must be a positive integer, got {factor}")
+    if not scaling_factor > 0:
+      raise ValueError(f"scaling_factor must be positive, got {scaling_factor}")
     self.spatial_compression = factor
     self.in_channels = in_channels
     self.latent_channels = in_channels * factor * factor
-    self.scaling_factor = 1.0
+    # Model latents = encode(images) * scaling_factor (the diffusers convention): pick it so that
+    # the latents have unit standard deviation, as DC-AE's 0.41407 does for its latents.
+    self.scaling_factor = float(scaling_factor)
 
   def encode(self, images):
     """[B, H, W, C] -> [B, H/f, W/f, C f^2]."""

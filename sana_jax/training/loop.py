@@ -65,7 +65,7 @@ def build_codecs(cfg):
   if c.text_encoder != "word_embedding":
     raise ValueError(f"codecs.text_encoder {c.text_encoder!r} is not supported by the training loop; "
                      "built in: 'word_embedding'")
-  autoencoder = SpaceToDepthAutoencoder(c.autoencoder_factor)
+  autoencoder = SpaceToDepthAutoencoder(c.autoencoder_factor, scaling_factor=c.get("scaling_factor", 1.0))
   if autoencoder.latent_channels != cfg.model.in_channels:
     raise ValueError(f"the autoencoder makes {autoencoder.latent_channels} latent channels but "
                      f"model.in_channels is {cfg.model.in_channels}")
@@ -280,6 +280,8 @@ def _train(cfg, workdir, is_main) -> dict:
     except ValueError as err:
       print(f"training from the cache without sample grids: {err}", flush=True)
       autoencoder = text_encoder = None
+    if autoencoder is not None:  # its grids, and samples of this run later, decode with its scale
+      cache_source.check_autoencoder(autoencoder)
   else:
     autoencoder, text_encoder = build_codecs(cfg)
   graphdef = train_state.train_graphdef(cfg)

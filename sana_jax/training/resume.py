@@ -29,6 +29,8 @@ RUNTIME_MODEL_FIELDS = ("attention_impl", "remat_policy", "dtype", "seq_parallel
 OPTIMIZER_LAYOUT_FIELDS = ("name", "min_8bit_size", "block_size", "layer_axis_pattern")
 # LoRA fields that decide what the adapter's arrays are and how they scale the base's outputs.
 LORA_LAYOUT_FIELDS = ("rank", "alpha", "target_modules", "use_rslora")
+# Fields added to the config after runs were saved without them: the value such a run used.
+FIELDS_ADDED_LATER = {"codecs.scaling_factor": 1.0}
 
 
 class ResumeError(ValueError):
@@ -62,6 +64,7 @@ def stops_resume(field: str) -> bool:
 def config_changes(stored: dict, requested: dict) -> dict:
   """{field: (stored value, requested value)} for every field that differs (missing: '<unset>')."""
   a, b = flatten(stored), flatten(json.loads(json.dumps(requested)))
+  a = {**{k: v for k, v in FIELDS_ADDED_LATER.items() if k.partition(".")[0] in stored}, **a}
   missing = "<unset>"
   return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
           if a.get(k, missing) != b.get(k, missing)}

@@ -19,7 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _codecs():
   """The built-in codecs `preprocess --autoencoder=builtin --text_encoder=builtin` uses (configs/tiny.py)."""
-  return SpaceToDepthAutoencoder(4), WordEmbeddingTextEncoder(shapes.vocabulary(), 32, 16)
+  from sana_jax import configs
+  scale = configs.get_config("tiny").codecs.scaling_factor
+  return SpaceToDepthAutoencoder(4, scaling_factor=scale), WordEmbeddingTextEncoder(shapes.vocabulary(), 32, 16)
 
 
 def _shapes_cfg(count=NUM_EXAMPLES):
@@ -59,7 +61,7 @@ def _take(iterator, n):
 
 def test_preprocess_writes_shards_and_a_manifest_describing_them(shapes_cache):
   manifest = json.loads((shapes_cache / cache.MANIFEST).read_text())
-  assert manifest["count"] == NUM_EXAMPLES and manifest["scaling_factor"] == 1.0
+  assert manifest["count"] == NUM_EXAMPLES and manifest["scaling_factor"] == _codecs()[0].scaling_factor
   [bucket] = manifest["buckets"]
   assert bucket["latent_shape"] == [8, 8, 48] and bucket["image_size"] == [32, 32]
   assert [s["count"] for s in bucket["shards"]] == [7, 7, 7, 3]
@@ -248,6 +250,15 @@ def test_a_cache_that_does_not_fit_the_model_is_refused(shapes_cache):
   model_cfg.in_channels = 32
   with pytest.raises(ValueError, match="48-channel latents but model.in_channels is 32"):
     cache.CacheSource(str(shapes_cache)).check_model(model_cfg)
+
+
+def test_a_cache_scaled_otherwise_than_the_run_decodes_is_refused(shapes_cache):
+  source = cache.CacheSource(str(shapes_cache))
+  autoencoder, _ = _codecs()
+  source.check_autoencoder(autoencoder)
+  with pytest.raises(ValueError, match=r"latents scaled by .* but the run's autoencoder decodes with "
+                                       r"scaling_factor 2; set --config.codecs.scaling_factor="):
+    source.check_autoencoder(SpaceToDepthAutoencoder(4, scaling_factor=2.0))
 
 
 def test_cache_data_config_needs_a_path():

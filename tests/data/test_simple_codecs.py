@@ -39,6 +39,12 @@ def test_autoencoder_refuses_sizes_off_its_grid():
     SpaceToDepthAutoencoder(4).encode(jnp.zeros((1, 30, 32, 3)))
 
 
+def test_scaling_factor_is_kept_and_must_be_positive():
+  assert SpaceToDepthAutoencoder(4, scaling_factor=5.75).scaling_factor == 5.75
+  with pytest.raises(ValueError, match="scaling_factor must be positive"):
+    SpaceToDepthAutoencoder(4, scaling_factor=0.0)
+
+
 @pytest.fixture(scope="module")
 def text_encoder():
   return WordEmbeddingTextEncoder(shapes.vocabulary(), dim=32, max_length=12)

@@ -1,4 +1,4 @@
-"""The default job learns: a short run of configs/tiny.py on the shapes data cuts the loss by 5x.
+"""The default job learns: a short run of configs/tiny.py on the shapes data cuts the loss by 3.5x.
 
 The loss is measured on one fixed held-out batch of 64 with fixed noise and timesteps (no sampling
 noise in the comparison), before and after STEPS updates of the default config's model, optimiser
@@ -16,7 +16,10 @@ from sana_jax.training import loop, objective
 
 STEPS = 150
 BATCH = 16
-FACTOR = 5.0  # measured 2026-12-01: 2.265 -> 0.150 (15.1x) after 150 steps
+# Measured 2026-12-01 with the unit-variance latents (codecs.scaling_factor 5.75): 3.304 -> 0.679
+# (4.9x) after 150 steps. (With the unscaled latents it was 2.265 -> 0.150, 15.1x: the velocity
+# target of near-zero pixels is mostly the noise, which the model learns first.)
+FACTOR = 3.5
 
 
 def test_default_config_loss_falls_by_factor():

@@ -29,6 +29,16 @@ def test_a_change_that_shapes_or_interprets_the_weights_stops_listing_the_field(
   assert "--config.train.init_from=/w" in text and "new --workdir" in text
 
 
+def test_a_run_saved_before_codecs_scaling_factor_existed_resumes_as_scale_one():
+  saved, requested = _dict(tiny_config()), tiny_config()
+  del saved["codecs"]["scaling_factor"]
+  requested.codecs.scaling_factor = 1.0
+  assert resume.check_resume(saved, _dict(requested), "/w", 40) == []
+  requested.codecs.scaling_factor = 5.75
+  with pytest.raises(resume.ResumeError, match=r"codecs\.scaling_factor: 1\.0 \(saved\) -> 5\.75"):
+    resume.check_resume(saved, _dict(requested), "/w", 40)
+
+
 def test_loop_settings_change_with_one_notice_each():
   saved, requested = tiny_config(), tiny_config()
   requested.optimizer.learning_rate = 3e-4
@@ -37,7 +47,7 @@ def test_loop_settings_change_with_one_notice_each():
   requested.model.remat_policy = "full"
   notices = resume.check_resume(_dict(saved), _dict(requested), "/w", 40)
   assert len(notices) == 7 and all(n.startswith("resume: ") for n in notices)
-  assert "resume: optimizer.learning_rate 0.001 -> 0.0003" in notices
+  assert "resume: optimizer.learning_rate 0.003 -> 0.0003" in notices
 
 
 def test_a_train_state_layout_change_stops_even_when_no_stop_field_changed():
