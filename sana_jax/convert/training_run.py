@@ -45,10 +45,11 @@ def _restore(root, step):
   import orbax.checkpoint as ocp
 
   from sana_jax.optim.registry import build_optimizer
-  from sana_jax.training import train_state
+  from sana_jax.training import resume, train_state
   step_dir = os.path.join(root, str(step))
   with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
-    cfg = ml_collections.ConfigDict(reader.restore(os.path.join(step_dir, "config")))
+    stored = reader.restore(os.path.join(step_dir, "config"))
+  cfg = ml_collections.ConfigDict(resume.with_fields_added_later(stored))  # older runs: their defaults
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = train_state.abstract_train_state(cfg, build_optimizer(cfg.optimizer))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)

@@ -105,6 +105,14 @@ class FrozenBase:
   info: dict             # {"path", "fingerprint", "model"}: the checkpoints' `base` item
 
 
+def with_base(train_step, base_params):
+  """A jitted LoRA step `(state, batch, frozen)` as `(state, batch)` on these base weights;
+  train_step itself when base_params is None (full fine-tuning)."""
+  if base_params is None:
+    return train_step
+  return lambda state, batch: train_step(state, batch, base_params)
+
+
 def load_base(cfg, mesh=None) -> FrozenBase:
   """Reads train.init_from in model.param_dtype and places it (by logical names on `mesh`)."""
   from sana_jax.convert.checkpoints import load_transformer

@@ -65,7 +65,7 @@ def build_codecs(cfg):
   if c.text_encoder != "word_embedding":
     raise ValueError(f"codecs.text_encoder {c.text_encoder!r} is not supported by the training loop; "
                      "built in: 'word_embedding'")
-  autoencoder = SpaceToDepthAutoencoder(c.autoencoder_factor, scaling_factor=c.get("scaling_factor", 1.0))
+  autoencoder = SpaceToDepthAutoencoder(c.autoencoder_factor, scaling_factor=c.scaling_factor)
   if autoencoder.latent_channels != cfg.model.in_channels:
     raise ValueError(f"the autoencoder makes {autoencoder.latent_channels} latent channels but "
                      f"model.in_channels is {cfg.model.in_channels}")
@@ -88,10 +88,7 @@ def single_device_training(cfg):
   jitted = step.jit_train_step(step.make_train_step(
       graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask, seed=cfg.seed,
       learning_rate_fn=make_schedule(cfg.optimizer), adapter_dropout=adapter.has_dropout(cfg)))
-  update = jitted
-  if adapter.enabled(cfg):
-    base = adapter.load_base(cfg).params
-    update = lambda state, batch: jitted(state, batch, base)
+  update = adapter.with_base(jitted, adapter.load_base(cfg).params if adapter.enabled(cfg) else None)
   return autoencoder, text_encoder, graphdef, state, update, null_text
 
 
@@ -345,7 +342,7 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
                            prior_loss_weight=cfg.dreambooth.prior_loss_weight if prior else 1.0,
                            adapter_dropout=adapter.has_dropout(cfg)),
       mesh, shardings, batch_sharding, rules, None if base is None else base.shardings)
-  update = jitted if base is None else (lambda state, batch: jitted(state, batch, base.params))
+  update = adapter.with_base(jitted, None if base is None else base.params)
   sampler = None
   if autoencoder:
     sampler = make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling,

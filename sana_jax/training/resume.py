@@ -61,10 +61,20 @@ def stops_resume(field: str) -> bool:
   return section == "optimizer" and name in OPTIMIZER_LAYOUT_FIELDS
 
 
+def with_fields_added_later(stored: dict) -> dict:
+  """A saved config (nested dicts) with each of FIELDS_ADDED_LATER it predates set to the value
+  such a run used (a copy; sections it lacks stay absent)."""
+  out = {k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()}
+  for name, value in FIELDS_ADDED_LATER.items():
+    section, _, field = name.partition(".")
+    if isinstance(out.get(section), dict):
+      out[section].setdefault(field, value)
+  return out
+
+
 def config_changes(stored: dict, requested: dict) -> dict:
   """{field: (stored value, requested value)} for every field that differs (missing: '<unset>')."""
-  a, b = flatten(stored), flatten(json.loads(json.dumps(requested)))
-  a = {**{k: v for k, v in FIELDS_ADDED_LATER.items() if k.partition(".")[0] in stored}, **a}
+  a, b = flatten(with_fields_added_later(stored)), flatten(json.loads(json.dumps(requested)))
   missing = "<unset>"
   return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
           if a.get(k, missing) != b.get(k, missing)}

@@ -32,6 +32,8 @@ def test_a_change_that_shapes_or_interprets_the_weights_stops_listing_the_field(
 def test_a_run_saved_before_codecs_scaling_factor_existed_resumes_as_scale_one():
   saved, requested = _dict(tiny_config()), tiny_config()
   del saved["codecs"]["scaling_factor"]
+  filled = resume.with_fields_added_later(saved)  # what the workdir reader builds its config from
+  assert filled["codecs"]["scaling_factor"] == 1.0 and "scaling_factor" not in saved["codecs"]
   requested.codecs.scaling_factor = 1.0
   assert resume.check_resume(saved, _dict(requested), "/w", 40) == []
   requested.codecs.scaling_factor = 5.75
