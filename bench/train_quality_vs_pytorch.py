@@ -32,6 +32,7 @@ import train_ablation  # noqa: E402
 from sana_jax import configs  # noqa: E402
 from sana_jax.convert import transformer as convert  # noqa: E402
 from sana_jax.data import pipeline  # noqa: E402
+from sana_jax.models.transformer import X0_MIN_SIGMA  # noqa: E402
 from sana_jax.optim.registry import build_optimizer, make_schedule  # noqa: E402
 from sana_jax.training import loop, objective, train_state  # noqa: E402
 
@@ -51,7 +52,10 @@ def train_torch(cfg, init_params, graphdef, seconds):
   from diffusers import SanaTransformer2DModel
   t0 = time.perf_counter()
   torch.set_num_threads(os.cpu_count())
-  model = SanaTransformer2DModel(**convert.config_to_diffusers(cfg.model))
+  net_cfg = cfg.model.copy_and_resolve_references()
+  x0_model = net_cfg.get("prediction", "velocity") == "x0"
+  net_cfg.prediction = "velocity"  # the same network; an x0 output is turned into the velocity below
+  model = SanaTransformer2DModel(**convert.config_to_diffusers(net_cfg))
   tensors = convert.state_to_tensors(nnx.merge(graphdef, init_params))
   missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
   if unexpected or any(not k.endswith("pos_embed") for k in missing):
@@ -82,6 +86,8 @@ def train_torch(cfg, init_params, graphdef, seconds):
     x_t = (1.0 - s) * x0 + s * noise
     v = model(x_t, encoder_hidden_states=text, timestep=sigma * objective.NUM_TRAIN_TIMESTEPS,
               encoder_attention_mask=mask, return_dict=False)[0]
+    if x0_model:  # as SanaTransformer.__call__ does for model.prediction="x0"
+      v = (x_t - v) / torch.clamp(s, min=X0_MIN_SIGMA)
     loss = torch.mean((v - (noise - x0)) ** 2)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -33,6 +33,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   m.interpolation_scale = 1.0
   m.sample_size = 32              # base latent size the sincos embedding is laid out for
   m.attention_impl = "auto"       # "auto" | "pallas" | "xla"
+  # What the network's output means. "velocity": the flow velocity (SANA, diffusers). "x0": the
+  # clean latent, which the model turns into the velocity (x_t - x0) / max(sigma, 0.05) itself, so
+  # the objective and samplers are unchanged (JiT's x-prediction with the velocity loss; a little
+  # better for the small default model, docs/training.md). x0 models do not export to diffusers.
+  m.prediction = "velocity"
   # Sequence parallelism: the mesh axis the image tokens are split over in every layer (None =
   # off; the latent rows must divide by its size) and the axis (or axes) the batch is split over.
   # Needs a mesh: the train step provides it, elsewhere `jax.set_mesh(mesh)`. See docs/kernels.md.

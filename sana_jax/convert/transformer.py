@@ -235,6 +235,10 @@ def config_from_diffusers(d: Mapping, name: str = "diffusers") -> ml_collections
 
 def config_to_diffusers(cfg) -> dict:
   """The diffusers config.json for our model config (so `from_pretrained` rebuilds the same net)."""
+  if cfg.get("prediction", "velocity") != "velocity":
+    raise CheckpointError(f"this model predicts the clean latent (model.prediction={cfg.prediction!r}); "
+                          "diffusers' SanaTransformer2DModel and SanaPipeline read the output as the "
+                          "velocity, so it cannot be exported for them")
   return {
       "_class_name": "SanaTransformer2DModel",
       "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,

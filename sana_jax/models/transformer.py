@@ -7,6 +7,9 @@ run as one `lax.scan` over a stacked layer axis, and the modulated output head.
 Call contract (every other part of sana_jax relies on it):
   model(latents [B, H, W, C_in], timesteps [B] in 0..1000, text [B, L, caption_channels],
         text_mask [B, L] with 1 = token, 0 = padding) -> velocity [B, H, W, C_out]
+With `prediction="x0"` the network's output is read as the clean latent x0 and returned as the
+velocity (latents - x0) / max(sigma, X0_MIN_SIGMA), sigma = timesteps / 1000, so callers see the
+same contract (the timesteps must then be sigma * 1000: a pipeline `timestep_scale` of 1).
 """
 
 import jax
@@ -21,6 +24,10 @@ from sana_jax.models.layers import (RMSNorm, dense, layer_norm, partitioned, sin
 
 # Additive bias on padded text keys; the reference uses -10000 rather than -inf.
 _TEXT_MASK_BIAS = -10000.0
+PREDICTIONS = ("velocity", "x0")
+# x0 models divide by sigma; below this the division is clipped (JiT's t_eps). It also bounds the
+# velocity loss's weight on the x0 error, 1 / sigma^2, at 400.
+X0_MIN_SIGMA = 0.05
 
 REMAT_POLICIES = {
     "none": None,
@@ -255,6 +262,8 @@ class SanaTransformer(nnx.Module):
                        f"{cfg.linear_head_dim}")
     if cfg.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}; choose from {list(REMAT_POLICIES)}")
+    if cfg.get("prediction", "velocity") not in PREDICTIONS:
+      raise ValueError(f"unknown model.prediction {cfg.prediction!r}; choose from {list(PREDICTIONS)}")
     self.cfg = ml_collections.FrozenConfigDict(cfg)
     self.seq_axes = seq_parallel_axes(cfg)
     dtype, pdtype = _dtypes(cfg)
@@ -369,7 +378,11 @@ class SanaTransformer(nnx.Module):
     t, t0, text, text_bias = self.embed_conditions(timesteps, text, text_mask)
     text = self.constrain_tokens(text, split_tokens=False)
     x, _ = self.run_blocks(x, t0, text, text_bias, grid)
-    return self.unpatchify(x, t, grid).astype(latents.dtype)
+    out = self.unpatchify(x, t, grid)
+    if self.cfg.get("prediction", "velocity") == "x0":
+      sigma = (timesteps.astype(jnp.float32) / 1000.0).reshape(-1, 1, 1, 1)
+      out = (latents.astype(jnp.float32) - out.astype(jnp.float32)) / jnp.maximum(sigma, X0_MIN_SIGMA)
+    return out.astype(latents.dtype)
 
 
 def _check_inputs(latents, timesteps, text, text_mask, caption_channels):

@@ -37,7 +37,7 @@ def workdir(tmp_path_factory):
   """A training workdir with EMA whose newest step (7) holds EMA weights unlike its params, an older
   step 3, and a non-step folder that must be ignored."""
   root = tmp_path_factory.mktemp("run")
-  cfg = configs.get_config("tiny")
+  cfg = _run_config()
   cfg.train.ema_decay = 0.99
   _, state, _ = train_state.create_train_state(cfg, build_optimizer(cfg.optimizer))
   ckpt = checkpointing.Checkpointer(root / "checkpoints", keep=5, async_save=False)
@@ -47,6 +47,14 @@ def workdir(tmp_path_factory):
   ckpt.close()
   (root / "checkpoints" / "unreadable").mkdir()
   return root, cfg, ema
+
+
+def _run_config():
+  """The tiny preset as a 2-block velocity model: the diffusers export below needs velocity (an
+  x0 model is refused, tests/models/test_prediction.py), grow / prune go 2 -> 3 / 2 -> 1 blocks."""
+  cfg = configs.get_config("tiny")
+  cfg.model.update(depth=2, scan_unroll=2, prediction="velocity")
+  return cfg
 
 
 def _inputs(cfg):
@@ -79,7 +87,7 @@ def test_convert_grow_and_prune_accept_a_workdir(workdir, tmp_path):
 
 def test_init_from_accepts_a_workdir(workdir):
   root, cfg, ema = workdir
-  cfg = configs.get_config("tiny")
+  cfg = _run_config()
   cfg.train.init_from = str(root)
   _, state, _ = train_state.create_train_state(cfg, build_optimizer(cfg.optimizer))
   assert int(state.step) == 0

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sana_jax import configs
 from sana_jax.models.transformer import SanaTransformer
+from tests.training.helpers import tiny_model_config
 
 
 def _model(impl):
-  cfg = configs.get_config("tiny").model
+  cfg = tiny_model_config()
   cfg.attention_impl = impl
   return SanaTransformer(cfg, rngs=nnx.Rngs(0)), cfg  # same seed -> same weights for both impls
 

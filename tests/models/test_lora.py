@@ -12,6 +12,7 @@ from sana_jax.configs.base import lora_config
 from sana_jax.models import lora
 from sana_jax.models.transformer import SanaTransformer
 from sana_jax.training import sharding
+from tests.training.helpers import tiny_model_config
 
 
 @nnx.jit
@@ -20,7 +21,7 @@ def _run(model, *inputs):
 
 
 def _cfg(**kw):
-  cfg = configs.get_config("tiny").model
+  cfg = tiny_model_config()
   cfg.update(kw)
   return cfg
 

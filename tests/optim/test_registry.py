@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sana_jax import configs
 from sana_jax.models.transformer import SanaTransformer
 from sana_jax.optim import OPTIMIZERS, build_optimizer, decay_mask, default_optimizer_config, make_schedule
+from tests.training.helpers import tiny_model_config
 
 
 def test_default_config_is_sanas_came_setting():
@@ -84,8 +84,8 @@ def test_bad_config_values_are_named_in_the_error():
 @pytest.fixture(scope="module")
 def tiny_model_params():
   """The tiny model's parameter State with zeros for values (shapes from nnx.eval_shape)."""
-  cfg = configs.get_config("tiny")
-  abstract = nnx.state(nnx.eval_shape(lambda: SanaTransformer(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
+  cfg = tiny_model_config()
+  abstract = nnx.state(nnx.eval_shape(lambda: SanaTransformer(cfg, rngs=nnx.Rngs(0))), nnx.Param)
   return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract)
 
 

@@ -18,6 +18,15 @@ def tiny_config(**train_overrides):
   return cfg
 
 
+def tiny_model_config():
+  """The tiny preset's model as the 2-block velocity network that the mechanics tests (LoRA layers,
+  attention implementations, optimiser layouts) were written for: they count its blocks, and their
+  absolute tolerances are for velocity outputs (an x0 model divides by sigma, up to 20x)."""
+  cfg = configs.get_config("tiny").model
+  cfg.update(depth=2, scan_unroll=2, prediction="velocity")
+  return cfg
+
+
 def fixed_batch(cfg, size=8, height=8, tokens=6, seed=0):
   rng = np.random.default_rng(seed)
   mask = np.ones((size, tokens), np.int32)

@@ -29,15 +29,18 @@ def test_a_change_that_shapes_or_interprets_the_weights_stops_listing_the_field(
   assert "--config.train.init_from=/w" in text and "new --workdir" in text
 
 
-def test_a_run_saved_before_codecs_scaling_factor_existed_resumes_as_scale_one():
+@pytest.mark.parametrize("name,other", [("codecs.scaling_factor", 5.75), ("model.prediction", "x0")])
+def test_a_run_saved_before_a_field_existed_resumes_with_the_value_it_used(name, other):
+  section, field = name.split(".")
+  used = resume.FIELDS_ADDED_LATER[name]  # 1.0 / "velocity": what such runs trained with
   saved, requested = _dict(tiny_config()), tiny_config()
-  del saved["codecs"]["scaling_factor"]
+  del saved[section][field]
   filled = resume.with_fields_added_later(saved)  # what the workdir reader builds its config from
-  assert filled["codecs"]["scaling_factor"] == 1.0 and "scaling_factor" not in saved["codecs"]
-  requested.codecs.scaling_factor = 1.0
+  assert filled[section][field] == used and field not in saved[section]
+  requested[section][field] = used
   assert resume.check_resume(saved, _dict(requested), "/w", 40) == []
-  requested.codecs.scaling_factor = 5.75
-  with pytest.raises(resume.ResumeError, match=r"codecs\.scaling_factor: 1\.0 \(saved\) -> 5\.75"):
+  requested[section][field] = other
+  with pytest.raises(resume.ResumeError, match=rf"{name}: {used!r} \(saved\) -> {other!r}".replace(".", r"\.")):
     resume.check_resume(saved, _dict(requested), "/w", 40)
 
 
