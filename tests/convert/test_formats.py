@@ -19,6 +19,7 @@ from sana_jax.optim.registry import build_optimizer
 from sana_jax.sampling.pipeline import SanaPipeline
 from sana_jax.training import checkpointing, train_state
 from tests.sampling.pipeline_builders import build_tiny_pipeline
+from tests.training.helpers import tiny_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMPTS = ["A cat sleeping on a red sofa", "two dogs running"]
@@ -50,10 +51,10 @@ def workdir(tmp_path_factory):
 
 
 def _run_config():
-  """The tiny preset as a 2-block velocity model: the diffusers export below needs velocity (an
+  """The tiny preset with its 2-block velocity model: the diffusers export below needs velocity (an
   x0 model is refused, tests/models/test_prediction.py), grow / prune go 2 -> 3 / 2 -> 1 blocks."""
   cfg = configs.get_config("tiny")
-  cfg.model.update(depth=2, scan_unroll=2, prediction="velocity")
+  cfg.model = tiny_model_config()
   return cfg
 
 
