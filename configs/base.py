@@ -90,6 +90,9 @@ def sampling_config(**overrides) -> ml_collections.ConfigDict:
   s.sampler = "flow_euler"
   s.num_steps = 20
   s.guidance_scale = 4.5
+  # Noise levels t / 1000 where guidance acts (NVlabs Sana's interval_guidance); elsewhere the
+  # conditional velocity alone. (0, 1): every step, as diffusers' SanaPipeline does.
+  s.guidance_interval = (0.0, 1.0)
   s.flow_shift = 3.0
   s.num_images = 8               # images per sample grid (held-out prompts)
   s.num_eval_images = 0           # shapes data: images scored by the shapes evaluator at the end

@@ -22,7 +22,7 @@ def uses_guidance(guidance_scale) -> bool:
 
 def sample_loop(velocity_fn: Callable, latents, scheduler, guidance_scale, text, text_mask,
                 negative_text=None, negative_text_mask=None, *, timestep_scale: float = 1.0,
-                progress_fn: Callable | None = None):
+                guidance_interval=None, progress_fn: Callable | None = None):
   """Runs every step of `scheduler` from `latents` and returns the final latents [B, H, W, C] float32.
 
   velocity_fn(latents [b, H, W, C], timesteps [b] in 0..1000, text [b, L, D], text_mask [b, L]) -> [b, H, W, C]
@@ -33,6 +33,9 @@ def sample_loop(velocity_fn: Callable, latents, scheduler, guidance_scale, text,
   negative_text, negative_text_mask: the negative-prompt embedding, [B or 1, L, D] / [B or 1, L];
     needed when guidance runs.
   timestep_scale: multiplies the model's timesteps (the diffusers transformer's `timestep_scale`).
+  guidance_interval: (low, high) noise levels t / 1000 in [0, 1]: guidance acts only on the steps
+    whose level lies in [low, high], the other steps take the conditional velocity (NVlabs Sana's
+    `interval_guidance`; None or (0, 1): every step, as diffusers does).
   progress_fn: called on the host with the number of finished steps (1..N), e.g. to drive a progress bar.
   """
   latents = jnp.asarray(latents, jnp.float32)
@@ -50,6 +53,7 @@ def sample_loop(velocity_fn: Callable, latents, scheduler, guidance_scale, text,
     text = jnp.concatenate([negative_text, text.astype(negative_text.dtype)])     # [2B, L, D]
     text_mask = jnp.concatenate([negative_text_mask, text_mask.astype(negative_text_mask.dtype)])
   model_timesteps = jnp.asarray(scheduler.timesteps, jnp.float32) * timestep_scale  # [N]
+  scales = _guidance_scales(scheduler, guidance_scale, guidance_interval) if cfg else None  # [N]
 
   def velocity(x, i):
     t = jnp.broadcast_to(model_timesteps[i], (b,))
@@ -58,7 +62,7 @@ def sample_loop(velocity_fn: Callable, latents, scheduler, guidance_scale, text,
     v = _checked(velocity_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), text, text_mask),
                  jnp.concatenate([x, x]))
     v_uncond, v_cond = v[:b], v[b:]
-    return v_uncond + guidance_scale * (v_cond - v_uncond)
+    return v_uncond + scales[i] * (v_cond - v_uncond)
 
   def body(i, carry):
     x, state = carry
@@ -69,6 +73,19 @@ def sample_loop(velocity_fn: Callable, latents, scheduler, guidance_scale, text,
 
   x, _ = jax.lax.fori_loop(0, scheduler.num_inference_steps, body, (latents, scheduler.init_state(latents)))
   return x
+
+
+def _guidance_scales(scheduler, guidance_scale, interval):
+  """[N] guidance scale per step: `guidance_scale` inside the interval, 1 (conditional) outside."""
+  n = scheduler.num_inference_steps
+  scale = jnp.broadcast_to(jnp.asarray(guidance_scale, jnp.float32), (n,))
+  if interval is None:
+    return scale
+  low, high = (float(x) for x in interval)
+  if not 0.0 <= low <= high <= 1.0:
+    raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high <= 1, got {tuple(interval)}")
+  level = jnp.asarray(scheduler.timesteps, jnp.float32) / scheduler.num_train_timesteps
+  return jnp.where((level >= low) & (level <= high), scale, 1.0)
 
 
 def _checked(v, x):

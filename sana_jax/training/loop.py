@@ -126,7 +126,7 @@ def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):
   def denoise(params, noise, text, mask):
     model = nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
     return sample_loop(model, noise, scheduler, sampling_cfg.guidance_scale, text, mask,
-                       null_text, null_mask)
+                       null_text, null_mask, guidance_interval=tuple(sampling_cfg.guidance_interval))
 
   def sample(params, prompts, seed, latent_shape):
     text, mask = text_encoder.encode(list(prompts))

@@ -30,7 +30,8 @@ OPTIMIZER_LAYOUT_FIELDS = ("name", "min_8bit_size", "block_size", "layer_axis_pa
 # LoRA fields that decide what the adapter's arrays are and how they scale the base's outputs.
 LORA_LAYOUT_FIELDS = ("rank", "alpha", "target_modules", "use_rslora")
 # Fields added to the config after runs were saved without them: the value such a run used.
-FIELDS_ADDED_LATER = {"codecs.scaling_factor": 1.0, "model.prediction": "velocity"}
+FIELDS_ADDED_LATER = {"codecs.scaling_factor": 1.0, "model.prediction": "velocity",
+                      "sampling.guidance_interval": [0.0, 1.0]}
 
 
 class ResumeError(ValueError):

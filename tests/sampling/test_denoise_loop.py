@@ -119,6 +119,35 @@ def test_guidance_scale_at_most_one_skips_the_unconditional_branch(inputs):
   np.testing.assert_allclose(np.asarray(got), np.asarray(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("interval", [(0.0, 0.5), (0.3, 0.8)])
+def test_guidance_interval_guides_only_the_steps_whose_noise_level_lies_inside(inputs, interval):
+  """NVlabs Sana's interval_guidance: v_u + g (v_c - v_u) inside [low, high] (t / 1000), v_c outside."""
+  latents, text, mask, negative, negative_mask = inputs
+  velocity = jax_velocity_fn(ToyTransformer())
+  scheduler, g = FlowEulerScheduler(8), 4.5
+  got = sample_loop(velocity, latents, scheduler, g, text, mask, negative, negative_mask, guidance_interval=interval)
+  x, guided = jnp.asarray(latents), []
+  for i in range(scheduler.num_inference_steps):
+    t = jnp.full((B,), scheduler.timesteps[i])
+    v_c, v_u = velocity(x, t, text, mask), velocity(x, t, negative, negative_mask)
+    inside = interval[0] <= scheduler.timesteps[i] / 1000 <= interval[1]
+    guided.append(inside)
+    x, _ = scheduler.step((), v_u + g * (v_c - v_u) if inside else v_c, i, x)
+  assert 0 < sum(guided) < len(guided)  # the interval splits this schedule
+  np.testing.assert_allclose(np.asarray(got), np.asarray(x), rtol=1e-5, atol=1e-5)
+  every_step = sample_loop(velocity, latents, scheduler, g, text, mask, negative, negative_mask)
+  assert not np.allclose(np.asarray(got), np.asarray(every_step), atol=1e-3)
+  np.testing.assert_array_equal(
+      np.asarray(sample_loop(velocity, latents, scheduler, g, text, mask, negative, negative_mask,
+                             guidance_interval=(0.0, 1.0))), np.asarray(every_step))
+
+
+def test_guidance_interval_out_of_order_or_range_raises(inputs):
+  with pytest.raises(ValueError, match="guidance_interval must be"):
+    sample_loop(jax_velocity_fn(ToyTransformer()), inputs[0], FlowEulerScheduler(3), 4.5, *inputs[1:],
+                guidance_interval=(0.8, 0.2))
+
+
 def test_traced_guidance_scale_gives_the_same_latents_as_a_static_one(inputs):
   velocity = jax_velocity_fn(ToyTransformer())
   scheduler = FlowDPMSolverScheduler(5)

@@ -1,0 +1,50 @@
+"""Score a training workdir's newest checkpoint with the shapes evaluator over several sampling seeds.
+
+    python bench/score_run.py WORKDIR [--seeds 1,2,3] ["sampling.guidance_interval=(0.0,0.7)" ...]
+
+Each positional setting is one set of sampling overrides ('|'-separated fields, values as Python
+literals; "" = the run's own settings); for each it samples the run's `sampling.num_eval_images`
+held-out prompts once per seed and prints one JSON line: the overall score per seed and the per-task
+means. One scoring of 192 images moves by about +-0.03 between seeds (docs/training.md), so rank
+sampling settings by the mean over seeds, not by one draw.
+"""
+import argparse
+import json
+
+import numpy as np
+from flax import nnx
+
+from sana_jax.convert.training_run import load_training_run
+from sana_jax.data import shapes_eval
+from sana_jax.training import loop
+from train_ablation import apply_overrides
+
+
+def score(run, overrides, seeds):
+  """-> {"overall_per_seed": [...], task: mean over seeds, ..., "overall": mean}."""
+  cfg = apply_overrides(run.config.copy_and_resolve_references(), overrides)
+  autoencoder, text_encoder = loop.build_codecs(cfg)
+  graphdef, params = nnx.split(run.transformer)
+  sampler = loop.make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
+  prompts, specs = loop.heldout_shapes(cfg, cfg.sampling.num_eval_images)
+  side = cfg.data.image_size // autoencoder.spatial_compression
+  scores = [shapes_eval.score(list(sampler(params, prompts, seed, (side, side, cfg.model.in_channels))), specs)
+            for seed in seeds]
+  return {"overall_per_seed": [round(s["overall"], 3) for s in scores],
+          **{task: round(float(np.mean([s[task] for s in scores])), 3) for task in scores[0]}}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdir")
+  parser.add_argument("--seeds", default="1,2,3", help="comma-separated sampling seeds")
+  parser.add_argument("settings", nargs="*", help="sampling overrides, '|'-separated; \"\" = the run's own")
+  args = parser.parse_intermixed_args()
+  run = load_training_run(args.workdir)
+  for setting in args.settings or [""]:
+    overrides = [s for s in setting.split("|") if s]
+    print(json.dumps({"step": run.step, "setting": setting, **score(run, overrides, [int(x) for x in args.seeds.split(",")])}), flush=True)
+
+
+if __name__ == "__main__":
+  main()
