@@ -1,6 +1,6 @@
 """tiny: a small SANA 1.5-style model for CPU runs, tests and the default training job.
 
-COMMAND: python -m sana_jax.train            (this config is the default; about 9 minutes on 2 idle cores)
+COMMAND: python -m sana_jax.train            (this config is the default; ~9 min on the 2-core Intel VM, ~4 on the AMD one)
 Trains on the built-in 32x32 shapes data with parameter-free codecs: 4x4 space-to-depth "latents"
 (8x8x48, scaled to unit standard deviation) and fixed random word vectors for the captions.
 Settings measured in docs/training.md ("The latent scale"): the latents x 5.75 (1 / the pixel std
