@@ -13,7 +13,8 @@ import json
 import os
 import subprocess
 import sys
-import time
+
+from timing import best_time
 
 SETTINGS = {
     "jax, default flags": "",
@@ -22,16 +23,6 @@ SETTINGS = {
     "jax, --xla_cpu_experimental_ynn_fusion_type=dot": "--xla_cpu_experimental_ynn_fusion_type=dot",
     "jax, --xla_cpu_use_onednn=true": "--xla_cpu_use_onednn=true",
 }
-
-
-def best_seconds(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def jax_child(n, repeats):
@@ -44,7 +35,7 @@ def jax_child(n, repeats):
   matmul = jax.jit(jnp.matmul)
   out = {}
   for name, (x, y) in (("float32", (a, b)), ("bfloat16", (ab, bb))):
-    out[name] = 2 * n**3 / best_seconds(lambda: matmul(x, y).block_until_ready(), repeats) / 1e9
+    out[name] = 2 * n**3 / best_time(lambda: matmul(x, y).block_until_ready(), repeats) / 1e9
   exact = np.asarray(ab, np.float32) @ np.asarray(bb, np.float32)
   got = np.asarray(matmul(ab, bb), np.float32)
   out["bf16_rel_err"] = float(np.abs(got - exact).max() / np.abs(exact).max())
@@ -56,7 +47,7 @@ def torch_row(n, repeats):
   torch.set_num_threads(os.cpu_count())
   a, b = torch.randn(n, n), torch.randn(n, n)
   ab, bb = a.bfloat16(), b.bfloat16()
-  out = {name: 2 * n**3 / best_seconds(lambda: torch.mm(x, y), repeats) / 1e9
+  out = {name: 2 * n**3 / best_time(lambda: torch.mm(x, y), repeats) / 1e9
          for name, (x, y) in (("float32", (a, b)), ("bfloat16", (ab, bb)))}
   exact = ab.float() @ bb.float()
   out["bf16_rel_err"] = float((torch.mm(ab, bb).float() - exact).abs().max() / exact.abs().max())

@@ -15,21 +15,15 @@ import numpy as np
 from flax import nnx
 
 from sana_jax.convert.training_run import load_training_run
-from sana_jax.data import shapes_eval
-from sana_jax.training import loop
-from train_ablation import apply_overrides
+from train_ablation import apply_overrides, make_evaluator
 
 
 def score(run, overrides, seeds):
   """-> {"overall_per_seed": [...], task: mean over seeds, ..., "overall": mean}."""
   cfg = apply_overrides(run.config.copy_and_resolve_references(), overrides)
-  autoencoder, text_encoder = loop.build_codecs(cfg)
   graphdef, params = nnx.split(run.transformer)
-  sampler = loop.make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
-  prompts, specs = loop.heldout_shapes(cfg, cfg.sampling.num_eval_images)
-  side = cfg.data.image_size // autoencoder.spatial_compression
-  scores = [shapes_eval.score(list(sampler(params, prompts, seed, (side, side, cfg.model.in_channels))), specs)
-            for seed in seeds]
+  evaluate = make_evaluator(cfg, graphdef)
+  scores = [evaluate(params, seed)[0] for seed in seeds]
   return {"overall_per_seed": [round(s["overall"], 3) for s in scores],
           **{task: round(float(np.mean([s[task] for s in scores])), 3) for task in scores[0]}}
 

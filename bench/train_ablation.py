@@ -109,15 +109,25 @@ def conditioning_check(cfg, graphdef, params, sigmas=(0.5, 0.9, 0.99), batch_siz
   return out
 
 
-def evaluate(cfg, graphdef, params):
-  """Samples cfg.sampling.num_eval_images held-out prompts with the loop's sampler and scores them
-  with the shapes evaluator -> ({task: accuracy, "overall": mean}, images [N, H, W, 3])."""
+def make_evaluator(cfg, graphdef):
+  """-> evaluate(params, seed): samples cfg.sampling.num_eval_images held-out prompts with the
+  loop's sampler (compiled once, whatever the seed) and scores them with the shapes evaluator ->
+  ({task: accuracy, "overall": mean} unrounded, images [N, H, W, 3])."""
   autoencoder, text_encoder = loop.build_codecs(cfg)
   latent_hw = cfg.data.image_size // autoencoder.spatial_compression
   sampler = loop.make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
   prompts, specs = loop.heldout_shapes(cfg, cfg.sampling.num_eval_images)
-  images = sampler(params, prompts, cfg.seed + 1, (latent_hw, latent_hw, cfg.model.in_channels))
-  score = shapes_eval.score(list(images), specs)
+
+  def evaluate(params, seed):
+    images = sampler(params, prompts, seed, (latent_hw, latent_hw, cfg.model.in_channels))
+    return shapes_eval.score(list(images), specs), images
+
+  return evaluate
+
+
+def evaluate(cfg, graphdef, params):
+  """One scoring with sampling seed cfg.seed + 1 (what the training loop's final evaluation uses)."""
+  score, images = make_evaluator(cfg, graphdef)(params, cfg.seed + 1)
   return {k: round(v, 3) for k, v in score.items()}, images
 
 
