@@ -136,7 +136,7 @@ def main():
   train(base_cfg, os.path.join(root, "base"))
 
   autoencoder, text_encoder = loop.build_codecs(base_cfg)
-  latent = (base_cfg.data.image_size // autoencoder.spatial_compression,) * 2 + (base_cfg.model.in_channels,)
+  latent = (base_cfg.data.image_size // autoencoder.spatial_compression_ratio,) * 2 + (base_cfg.model.in_channels,)
   class_dir = os.path.join(root, "class_images")
   draw_class_images(class_dir, args.class_images, args.concept, base_cfg, autoencoder, text_encoder, latent)
   for workdir, prior in (("lora", False), ("lora_prior", True)):

@@ -99,7 +99,7 @@ def val_loss(model, hb):
 def evaluator_score(trainer, model, cfg, count, seed):
   sampler = loop.make_sampler(nnx.graphdef(model), trainer.autoencoder, trainer.text_encoder, cfg.sampling)
   prompts, specs = loop.heldout_shapes(cfg, count)
-  hw = cfg.data.image_size // trainer.autoencoder.spatial_compression
+  hw = cfg.data.image_size // trainer.autoencoder.spatial_compression_ratio
   images = sampler(nnx.state(model), prompts, seed, (hw, hw, cfg.model.in_channels))
   return shapes_eval.score(list(images), specs)["overall"]
 
@@ -160,7 +160,7 @@ def _plot_curves(out, shallow, grown, scratch):
 def part_pruning(trainer, cfg, deep, finetune, out, hb, eval_count):
   calib_prompts, _ = loop.heldout_shapes(cfg, 16)
   text, mask = trainer.text_encoder.encode(calib_prompts)
-  hw = cfg.data.image_size // trainer.autoencoder.spatial_compression
+  hw = cfg.data.image_size // trainer.autoencoder.spatial_compression_ratio
   bi = block_importance(deep, np.asarray(text), np.asarray(mask), (hw, hw), [900, 700, 500, 300, 100])
   bi.save(os.path.join(out, "importance.json"), os.path.join(out, "importance.png"))
   depth = deep.cfg.depth // 2
@@ -188,7 +188,7 @@ def part_best_of_n(trainer, cfg, deep, num_prompts, max_n):
   """Generates max_n candidates per prompt once; the pick for N uses the first N of them."""
   prompts, specs = loop.heldout_shapes(cfg, num_prompts)
   sampler = loop.make_sampler(nnx.graphdef(deep), trainer.autoencoder, trainer.text_encoder, cfg.sampling)
-  hw = cfg.data.image_size // trainer.autoencoder.spatial_compression
+  hw = cfg.data.image_size // trainer.autoencoder.spatial_compression_ratio
   params = nnx.state(deep)
   cands = np.stack([sampler(params, [p] * max_n, 1000 + i, (hw, hw, cfg.model.in_channels))
                     for i, p in enumerate(prompts)])  # [P, N, H, W, 3] in [-1, 1]

@@ -15,14 +15,15 @@ import numpy as np
 from flax import nnx
 
 from sana_jax.convert.training_run import load_training_run
+from sana_jax.training import loop
 from train_ablation import apply_overrides, make_evaluator
 
 
-def score(run, overrides, seeds):
+def score(run, overrides, seeds, codecs):
   """-> {"overall_per_seed": [...], task: mean over seeds, ..., "overall": mean}."""
   cfg = apply_overrides(run.config.copy_and_resolve_references(), overrides)
   graphdef, params = nnx.split(run.transformer)
-  evaluate = make_evaluator(cfg, graphdef)
+  evaluate = make_evaluator(cfg, graphdef, codecs)
   scores = [evaluate(params, seed)[0] for seed in seeds]
   return {"overall_per_seed": [round(s["overall"], 3) for s in scores],
           **{task: round(float(np.mean([s[task] for s in scores])), 3) for task in scores[0]}}
@@ -35,9 +36,11 @@ def main():
   parser.add_argument("settings", nargs="*", help="sampling overrides, '|'-separated; \"\" = the run's own")
   args = parser.parse_intermixed_args()
   run = load_training_run(args.workdir)
+  codecs = loop.build_codecs(run.config, run.workdir, allow_fit=False)  # the run's own (fitted) autoencoder
   for setting in args.settings or [""]:
     overrides = [s for s in setting.split("|") if s]
-    print(json.dumps({"step": run.step, "setting": setting, **score(run, overrides, [int(x) for x in args.seeds.split(",")])}), flush=True)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    print(json.dumps({"step": run.step, "setting": setting, **score(run, overrides, seeds, codecs)}), flush=True)
 
 
 if __name__ == "__main__":

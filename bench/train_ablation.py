@@ -46,10 +46,14 @@ def apply_overrides(cfg, overrides):
   return cfg
 
 
-def run(cfg, num_steps, seconds=None):
-  """Trains cfg for num_steps (or until `seconds` of wall time), evaluates; -> result dict."""
+def run(cfg, num_steps, seconds=None, codecs=None):
+  """Trains cfg for num_steps (or until `seconds` of wall time, counted after the codecs are
+  built: a fitted autoencoder's fit is reported as `codecs_s`), evaluates;
+  -> (result dict, images, params, (autoencoder, text_encoder))."""
+  t_codecs = time.perf_counter()
+  codecs = codecs or loop.build_codecs(cfg)
   t0 = time.perf_counter()
-  autoencoder, text_encoder, graphdef, state, update, _ = loop.single_device_training(cfg)
+  autoencoder, text_encoder, graphdef, state, update, _ = loop.single_device_training(cfg, codecs)
   data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
   prepare = lambda b: jax.device_put(loop.encode_batch(b, autoencoder, text_encoder))
   losses, pending, compile_s = [], [], None
@@ -75,20 +79,21 @@ def run(cfg, num_steps, seconds=None):
   jax.block_until_ready(state.params)
   train_s = time.perf_counter() - t_start
   result = {"steps": done, "steps_per_s": round((done - 1) / train_s, 2),
-            "loss": round(float(np.mean(losses[-100:])), 4), "compile_s": round(compile_s, 1),
-            "train_s": round(train_s, 1)}
+            "loss": round(float(np.mean(losses[-100:])), 4), "codecs_s": round(t0 - t_codecs, 1),
+            "compile_s": round(compile_s, 1), "train_s": round(train_s, 1)}
   params = state.ema_params if state.ema_params is not None else state.params
   t1 = time.perf_counter()
-  score, images = evaluate(cfg, graphdef, params)
+  codecs = (autoencoder, text_encoder)
+  score, images = evaluate(cfg, graphdef, params, codecs)
   result.update(eval_s=round(time.perf_counter() - t1, 1), total_s=round(time.perf_counter() - t0, 1),
-                score=score, conditioning=conditioning_check(cfg, graphdef, params))
-  return result, images, params
+                score=score, conditioning=conditioning_check(cfg, graphdef, params, codecs))
+  return result, images, params, codecs
 
 
-def conditioning_check(cfg, graphdef, params, sigmas=(0.5, 0.9, 0.99), batch_size=128):
+def conditioning_check(cfg, graphdef, params, codecs, sigmas=(0.5, 0.9, 0.99), batch_size=128):
   """{sigma: [loss with the right captions, shuffled captions, the null prompt]} on one held-out
-  batch (data seed + 1), the same noise for all three."""
-  autoencoder, text_encoder = loop.build_codecs(cfg)
+  batch (data seed + 1), the same noise for all three. codecs: (autoencoder, text_encoder)."""
+  autoencoder, text_encoder = codecs
   model = nnx.merge(graphdef, params)
   batch = loop.encode_batch(next(iter(pipeline.make_dataset(cfg.data, batch_size, cfg.seed + 1))),
                             autoencoder, text_encoder)
@@ -109,12 +114,13 @@ def conditioning_check(cfg, graphdef, params, sigmas=(0.5, 0.9, 0.99), batch_siz
   return out
 
 
-def make_evaluator(cfg, graphdef):
+def make_evaluator(cfg, graphdef, codecs):
   """-> evaluate(params, seed): samples cfg.sampling.num_eval_images held-out prompts with the
   loop's sampler (compiled once, whatever the seed) and scores them with the shapes evaluator ->
-  ({task: accuracy, "overall": mean} unrounded, images [N, H, W, 3])."""
-  autoencoder, text_encoder = loop.build_codecs(cfg)
-  latent_hw = cfg.data.image_size // autoencoder.spatial_compression
+  ({task: accuracy, "overall": mean} unrounded, images [N, H, W, 3]). codecs: the run's
+  (autoencoder, text_encoder), from `loop.build_codecs` (a fitted autoencoder is fitted once)."""
+  autoencoder, text_encoder = codecs
+  latent_hw = cfg.data.image_size // autoencoder.spatial_compression_ratio
   sampler = loop.make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
   prompts, specs = loop.heldout_shapes(cfg, cfg.sampling.num_eval_images)
 
@@ -125,9 +131,9 @@ def make_evaluator(cfg, graphdef):
   return evaluate
 
 
-def evaluate(cfg, graphdef, params):
+def evaluate(cfg, graphdef, params, codecs):
   """One scoring with sampling seed cfg.seed + 1 (what the training loop's final evaluation uses)."""
-  score, images = make_evaluator(cfg, graphdef)(params, cfg.seed + 1)
+  score, images = make_evaluator(cfg, graphdef, codecs)(params, cfg.seed + 1)
   return {k: round(v, 3) for k, v in score.items()}, images
 
 
@@ -141,7 +147,7 @@ def main():
   parser.add_argument("overrides", nargs="*", help="config fields: model.hidden_size=128 ...")
   args = parser.parse_args()
   cfg = apply_overrides(configs.get_config("tiny"), args.overrides)
-  result, images, params = run(cfg, args.steps or cfg.train.num_steps, args.seconds)
+  result, images, params, codecs = run(cfg, args.steps or cfg.train.num_steps, args.seconds)
   if args.grid:
     prompts, _ = loop.heldout_shapes(cfg, len(images[:32]))
     grid.save_grid(images[:32], prompts, args.grid)
@@ -149,7 +155,7 @@ def main():
   graphdef = train_state.model_graphdef(cfg.model)
   for setting in filter(None, args.sweep.split(";")):
     swept = apply_overrides(cfg.copy_and_resolve_references(), setting.split(","))
-    score, _ = evaluate(swept, graphdef, params)
+    score, _ = evaluate(swept, graphdef, params, codecs)
     print(json.dumps({"sampling": setting, "score": score}), flush=True)
 
 

@@ -1,6 +1,6 @@
 """Training-loop overhead: `loop.train_and_evaluate`'s time per step vs the bare jitted step.
 
-  python bench/train_loop_overhead.py [--config=tiny] [--steps=200] [--log_every=50]
+  python bench/train_loop_overhead.py [--config=tiny] [--steps=200] [--log_every=50] [field=value ...]
 
 The bare step runs `update(state, batch)` back to back on batches prepared beforehand (the first
 `steps` batches of the same pipeline, already encoded and sharded) and blocks once at the end.
@@ -14,6 +14,7 @@ median of those ratios is printed, so a change of machine load shows as their sp
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,19 +24,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import train_ablation  # noqa: E402
 from sana_jax import configs  # noqa: E402
 from sana_jax.data import pipeline  # noqa: E402
 from sana_jax.optim.registry import build_optimizer, make_schedule  # noqa: E402
-from sana_jax.training import loop, sharding, step, train_state  # noqa: E402
+from sana_jax.training import autoencoder_fit, loop, sharding, step, train_state  # noqa: E402
 
 
-def bare_step_time(cfg, batches) -> float:
+def bare_step_time(cfg, batches, text_encoder) -> float:
   """Seconds per step of the jitted update alone over `batches` (compiled and warmed first)."""
   mesh = sharding.create_mesh(cfg.mesh)
   rules = sharding.axis_rules(cfg.mesh)
   tx = build_optimizer(cfg.optimizer)
   graphdef, state, shardings = train_state.create_train_state(cfg, tx, mesh)
-  _, text_encoder = loop.build_codecs(cfg)
   null_text, null_mask = (jnp.asarray(a[0]) for a in text_encoder.null_embedding())
   update = step.jit_train_step(
       step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask,
@@ -52,16 +53,21 @@ def bare_step_time(cfg, batches) -> float:
   return (time.perf_counter() - start) / len(batches)
 
 
-def prepared_batches(cfg, count):
+def prepared_batches(cfg, count, codecs):
   mesh = sharding.create_mesh(cfg.mesh)
   batch_sharding = sharding.batch_sharding(mesh, sharding.axis_rules(cfg.mesh), cfg.model)
-  autoencoder, text_encoder = loop.build_codecs(cfg)
+  autoencoder, text_encoder = codecs
   data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
   return [sharding.global_batch(loop.encode_batch(next(data), autoencoder, text_encoder), batch_sharding,
                                 cfg.train.batch_size) for _ in range(count)]
 
 
-def loop_step_time(cfg, workdir) -> float:
+def loop_step_time(cfg, workdir, fitted) -> float:
+  """The loop's steady step time in a fresh workdir (given the fitted autoencoder, if any, so the
+  loop does not fit it again)."""
+  autoencoder = os.path.join(fitted, autoencoder_fit.FOLDER)
+  if os.path.isdir(autoencoder):
+    shutil.copytree(autoencoder, os.path.join(workdir, autoencoder_fit.FOLDER))
   loop.train_and_evaluate(cfg, workdir)
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   steady = records[1:]  # the first window includes compilation
@@ -74,20 +80,23 @@ def main():
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--log_every", type=int, default=50)
   parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("overrides", nargs="*", help="config fields, as in bench/train_ablation.py")
   args = parser.parse_args()
-  cfg = configs.get_config(args.config)
+  cfg = train_ablation.apply_overrides(configs.get_config(args.config), args.overrides)
   cfg.train.update(num_steps=args.steps + args.log_every, log_every=args.log_every,
                    checkpoint_every=10 ** 9, sample_every=0)
   cfg.sampling.update(num_images=0, num_eval_images=0)
-  batches = prepared_batches(cfg, args.steps)
   with tempfile.TemporaryDirectory() as tmp:
+    fitted = os.path.join(tmp, "fitted")
+    codecs = loop.build_codecs(cfg, fitted)  # a fitted autoencoder (the default) is fitted once, here
+    batches = prepared_batches(cfg, args.steps, codecs)
     jax.config.update("jax_compilation_cache_dir", os.path.join(tmp, "xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    bare = [bare_step_time(cfg, batches)]
+    bare = [bare_step_time(cfg, batches, codecs[1])]
     loops = []
     for r in range(args.rounds):
-      loops.append(loop_step_time(cfg, os.path.join(tmp, f"run{r}")))
-      bare.append(bare_step_time(cfg, batches))
+      loops.append(loop_step_time(cfg, os.path.join(tmp, f"run{r}"), fitted))
+      bare.append(bare_step_time(cfg, batches, codecs[1]))
   ratios = [t / ((bare[i] + bare[i + 1]) / 2) for i, t in enumerate(loops)]
   print(f"{cfg.model.name}, batch {cfg.train.batch_size}, {args.steps} steps per run, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)")

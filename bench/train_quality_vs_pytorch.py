@@ -47,7 +47,7 @@ def torch_sigmas(generator, batch, train_cfg):
   return shift * s / (1.0 + (shift - 1.0) * s)
 
 
-def train_torch(cfg, init_params, graphdef, seconds):
+def train_torch(cfg, init_params, graphdef, seconds, codecs):
   """Trains diffusers' model from our initial weights for `seconds`; -> (result, our-format params)."""
   from diffusers import SanaTransformer2DModel
   t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def train_torch(cfg, init_params, graphdef, seconds):
                           weight_decay=0.0, foreach=True)
   schedule = make_schedule(o)
   lr_at = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: float(schedule(i)))
-  autoencoder, text_encoder = loop.build_codecs(cfg)
+  autoencoder, text_encoder = codecs
   null_text, null_mask = (torch.from_numpy(np.asarray(a[0])) for a in text_encoder.null_embedding())
   data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
   gen = torch.Generator().manual_seed(cfg.seed)
@@ -114,11 +114,13 @@ def main():
   cfg = train_ablation.apply_overrides(configs.get_config("tiny"), args.overrides)
   cfg.train.ema_decay = 0.0  # the PyTorch side keeps no EMA copy; compare raw weights
   # Ours: the step budget is what fits in the wall time; a cosine schedule's length stays the config's.
-  ours, _, _ = train_ablation.run(cfg, 10 ** 9, seconds=args.seconds)
+  # Both train on the latents of the same autoencoder (fitted once here, outside both budgets).
+  codecs = loop.build_codecs(cfg)
+  ours, _, _, _ = train_ablation.run(cfg, 10 ** 9, seconds=args.seconds, codecs=codecs)
   tx = build_optimizer(cfg.optimizer)
   graphdef, state, _ = train_state.create_train_state(cfg, tx)  # the same initial weights ours had
-  theirs, params = train_torch(cfg, state.params, graphdef, args.seconds)
-  theirs["score"], _ = train_ablation.evaluate(cfg, graphdef, params)
+  theirs, params = train_torch(cfg, state.params, graphdef, args.seconds, codecs)
+  theirs["score"], _ = train_ablation.evaluate(cfg, graphdef, params, codecs)
   print(json.dumps({"seconds": args.seconds, "overrides": args.overrides, "sana_jax": ours,
                     "pytorch_diffusers": theirs}, indent=1))
   print(f"steps ours/PyTorch: {ours['steps'] / theirs['steps']:.2f}x; "

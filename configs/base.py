@@ -103,9 +103,20 @@ def sampling_config(**overrides) -> ml_collections.ConfigDict:
 def codecs_config(**overrides) -> ml_collections.ConfigDict:
   """Autoencoder and text encoder that turn images and captions into model inputs."""
   c = ml_collections.ConfigDict()
-  c.autoencoder = "dc-ae-f32c32"  # or "space_to_depth" (built in, parameter-free)
+  # "dc-ae-f32c32" (the published DC-AE, through a preprocessed cache), "space_to_depth" (built in,
+  # parameter-free) or "conv_fit": a small conv autoencoder fitted to the run's own images before the
+  # transformer trains, kept in <workdir>/autoencoder (training/autoencoder_fit.py).
+  c.autoencoder = "dc-ae-f32c32"
   c.autoencoder_factor = 32       # spatial compression
   c.scaling_factor = 1.0          # space_to_depth only: latents = pixels x this (a DC-AE brings its own)
+  # conv_fit only: one stage per width (each after the first halves H and W), latent
+  # channels, and the fit (steps of Adam on batches of images, noise added to the latents).
+  c.fit_widths = (16, 32, 32)
+  c.fit_latent_channels = 16
+  c.fit_steps = 600
+  c.fit_batch_size = 64
+  c.fit_learning_rate = 2e-3
+  c.fit_latent_noise = 0.1
   c.text_encoder = "gemma-2-2b-it"  # or "word_embedding" (built in, parameter-free)
   c.max_text_length = 300
   c.update(overrides)

@@ -81,7 +81,7 @@ def _training_run_parts(path, dtype):
   from sana_jax.training import loop
   run = training_run.load_training_run(path)
   transformer = load_transformer(path, dtype=dtype) if jnp.dtype(dtype) != jnp.float32 else run.transformer
-  autoencoder, text_encoder = loop.build_codecs(run.config)
+  autoencoder, text_encoder = loop.build_codecs(run.config, run.workdir, allow_fit=False)
   s = run.config.sampling
   suggested = dict(num_inference_steps=s.num_steps, guidance_scale=s.guidance_scale,
                    max_sequence_length=text_encoder.max_length, training_step=int(run.step), ema=run.ema)

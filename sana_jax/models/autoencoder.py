@@ -402,13 +402,23 @@ class Decoder(nnx.Module):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode_tile(graphdef, state, images):
+def encode_with(graphdef, state, images):
+  """An autoencoder's `.encoder` on images, jitted over (graphdef, state) (any module with one)."""
   return nnx.merge(graphdef, state).encoder(images)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _decode_tile(graphdef, state, latents):
+def decode_with(graphdef, state, latents):
+  """An autoencoder's `.decoder` on raw latents, jitted over (graphdef, state)."""
   return nnx.merge(graphdef, state).decoder(latents)
+
+
+def check_nhwc(x, channels: int, multiple: int, what: str) -> None:
+  """x must be [B, H, W, channels] with H and W multiples of `multiple`; else one ValueError line."""
+  if x.ndim != 4 or x.shape[-1] != channels:
+    raise ValueError(f"{what} must be [B, H, W, {channels}] (NHWC), got shape {x.shape}")
+  if x.shape[1] % multiple or x.shape[2] % multiple:
+    raise ValueError(f"{what} height and width must be multiples of {multiple}, got {x.shape[1:3]}")
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -458,22 +468,16 @@ class DCAE(nnx.Module):
     self.decoder = Decoder(config, dtype=dtype, rngs=rngs)
     self.dtype = dtype
 
-  def _check(self, x, channels, multiple, what):
-    if x.ndim != 4 or x.shape[-1] != channels:
-      raise ValueError(f"{what} must be [B, H, W, {channels}] (NHWC), got shape {x.shape}")
-    if x.shape[1] % multiple or x.shape[2] % multiple:
-      raise ValueError(f"{what} height and width must be multiples of {multiple}, got {x.shape[1:3]}")
-
   @nnx.jit
   def encode(self, images):
     """[B, H, W, in_channels] in [-1, 1] -> raw latents [B, H/f, W/f, latent_channels]."""
-    self._check(images, self.config.in_channels, self.spatial_compression_ratio, "images")
+    check_nhwc(images, self.config.in_channels, self.spatial_compression_ratio, "images")
     return self.encoder(images.astype(self.dtype))
 
   @nnx.jit
   def decode(self, latents):
     """Raw latents [B, h, w, latent_channels] -> images [B, h*f, w*f, in_channels], about [-1, 1]."""
-    self._check(latents, self.config.latent_channels, 1, "latents")
+    check_nhwc(latents, self.config.latent_channels, 1, "latents")
     return self.decoder(latents.astype(self.dtype))
 
   def decode_tiled(self, latents, tile_latent_size=16, overlap=2):
@@ -481,24 +485,24 @@ class DCAE(nnx.Module):
     cross-faded over overlap*f pixels, as diffusers' `tiled_decode` with tile_sample_min =
     tile_latent_size*f and tile_sample_stride = (tile_latent_size - overlap)*f. One compiled
     decoder per distinct tile shape (at most four); memory is bounded by one tile's activations."""
-    self._check(latents, self.config.latent_channels, 1, "latents")
+    check_nhwc(latents, self.config.latent_channels, 1, "latents")
     if not 0 <= overlap < tile_latent_size:
       raise ValueError(f"need 0 <= overlap < tile_latent_size, got {overlap=}, {tile_latent_size=}")
     f = self.spatial_compression_ratio
     graphdef, state = nnx.split(self)
     stride = tile_latent_size - overlap
-    apply = functools.partial(_decode_tile, graphdef, state)
+    apply = functools.partial(decode_with, graphdef, state)
     return _tiled(latents.astype(self.dtype), apply, tile_latent_size, stride, overlap * f, stride * f)
 
   def encode_tiled(self, images, tile_size=512, overlap=64):
     """`encode` in overlapping pixel tiles, as diffusers' `tiled_encode` with tile_sample_min =
     tile_size and tile_sample_stride = tile_size - overlap (both multiples of f)."""
     f = self.spatial_compression_ratio
-    self._check(images, self.config.in_channels, f, "images")
+    check_nhwc(images, self.config.in_channels, f, "images")
     if tile_size % f or overlap % f or not 0 <= overlap < tile_size:
       raise ValueError(f"tile_size and overlap must be multiples of {f} with 0 <= overlap < "
                        f"tile_size, got {tile_size=}, {overlap=}")
     graphdef, state = nnx.split(self)
     stride = tile_size - overlap
-    apply = functools.partial(_encode_tile, graphdef, state)
+    apply = functools.partial(encode_with, graphdef, state)
     return _tiled(images.astype(self.dtype), apply, tile_size, stride, overlap // f, stride // f)

@@ -31,6 +31,11 @@ class SpaceToDepthAutoencoder:
     # the latents have unit standard deviation, as DC-AE's 0.41407 does for its latents.
     self.scaling_factor = float(scaling_factor)
 
+  @property
+  def spatial_compression_ratio(self) -> int:
+    """DCAE's name for `spatial_compression`, so that one name serves every autoencoder."""
+    return self.spatial_compression
+
   def encode(self, images):
     """[B, H, W, C] -> [B, H/f, W/f, C f^2]."""
     f, c = self.spatial_compression, self.in_channels

@@ -465,10 +465,9 @@ def to_pil(images: np.ndarray) -> list:
 
 
 def _compression(vae) -> int:
-  """The autoencoder's spatial factor (DCAE: `spatial_compression_ratio`, simple codecs: `spatial_compression`)."""
-  for name in ("spatial_compression_ratio", "spatial_compression"):
-    if hasattr(vae, name):
-      return int(getattr(vae, name))
+  """The autoencoder's spatial factor (`spatial_compression_ratio`: DCAE and the built-in codecs)."""
+  if hasattr(vae, "spatial_compression_ratio"):
+    return int(vae.spatial_compression_ratio)
   raise ValueError(f"{type(vae).__name__} has no spatial_compression_ratio: not an autoencoder")
 
 

@@ -8,7 +8,8 @@ tflops_per_device, mfu), metrics.jsonl (the same scalars, one JSON line per logg
 samples/step_<N>.png (sample grids from fixed prompts, each image with its prompt) and, on the
 shapes data, eval.json and samples/eval_step_<N>.png (the evaluator's score of samples drawn for
 held-out prompts, and each image with its prompt and verdict). train.lock holds the run's host and
-pid while it runs: one run per workdir.
+pid while it runs: one run per workdir. With codecs.autoencoder = "conv_fit" (the default job) the
+run first fits its autoencoder and keeps it in autoencoder/ (training/autoencoder_fit.py).
 
 Running again with the same workdir resumes from the newest readable checkpoint, after checking
 that the stored config allows it (training/resume.py, docs/training.md). SIGTERM (TPU preemption)
@@ -44,8 +45,8 @@ from sana_jax.optim.registry import build_optimizer, make_schedule
 from sana_jax.sampling.denoise import sample_loop
 from sana_jax.sampling import grid
 from sana_jax.sampling.schedulers import scheduler_config, scheduler_from_config
-from sana_jax.training import (adapter, checkpointing, distributed, dreambooth, host, metrics, resume,
-                               sharding, step, train_state)
+from sana_jax.training import (adapter, autoencoder_fit, checkpointing, distributed, dreambooth, host,
+                               metrics, resume, sharding, step, train_state)
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,33 +57,46 @@ class Interrupted(RuntimeError):
   """A second Ctrl-C stopped the run mid-step; names the newest checkpoint on disk."""
 
 
-def build_codecs(cfg):
-  """The autoencoder and text encoder named by cfg.codecs, checked against the model's channels."""
+def build_codecs(cfg, workdir=None, progress: bool = True, allow_fit: bool = True):
+  """The autoencoder and text encoder named by cfg.codecs, checked against the model's channels.
+
+  codecs.autoencoder "conv_fit": the run's fitted autoencoder, read from <workdir>/autoencoder, or
+  fitted now when that folder is absent (and saved there; without a workdir it stays in memory;
+  allow_fit=False: a missing folder raises instead, for reading a finished run).
+  """
   c = cfg.codecs
-  if c.autoencoder != "space_to_depth":
+  if c.autoencoder == autoencoder_fit.KIND:
+    latent_channels = autoencoder_fit.autoencoder_config(c).latent_channels
+  elif c.autoencoder == "space_to_depth":
+    autoencoder = SpaceToDepthAutoencoder(c.autoencoder_factor, scaling_factor=c.scaling_factor)
+    latent_channels = autoencoder.latent_channels
+  else:
     raise ValueError(f"codecs.autoencoder {c.autoencoder!r} is not supported by the training loop; "
-                     "built in: 'space_to_depth' (real DC-AE latents come from a preprocessed cache)")
+                     f"built in: 'space_to_depth', {autoencoder_fit.KIND!r} (real DC-AE latents come from a "
+                     "preprocessed cache)")
   if c.text_encoder != "word_embedding":
     raise ValueError(f"codecs.text_encoder {c.text_encoder!r} is not supported by the training loop; "
                      "built in: 'word_embedding'")
-  autoencoder = SpaceToDepthAutoencoder(c.autoencoder_factor, scaling_factor=c.scaling_factor)
-  if autoencoder.latent_channels != cfg.model.in_channels:
-    raise ValueError(f"the autoencoder makes {autoencoder.latent_channels} latent channels but "
+  if latent_channels != cfg.model.in_channels:
+    raise ValueError(f"the autoencoder makes {latent_channels} latent channels but "
                      f"model.in_channels is {cfg.model.in_channels}")
+  if c.autoencoder == autoencoder_fit.KIND:  # checked first: a fit takes a minute
+    autoencoder = autoencoder_fit.load_or_fit(cfg, workdir, progress=progress, allow_fit=allow_fit)
   text_encoder = WordEmbeddingTextEncoder(shapes.vocabulary(), cfg.model.caption_channels,
                                           c.max_text_length)
   return autoencoder, text_encoder
 
 
-def single_device_training(cfg):
+def single_device_training(cfg, codecs=None):
   """The default job's codecs, fresh train state and jitted step on one device, unsharded (for
   benchmarks and tests that drive the step themselves; `train_and_evaluate` shards its own).
 
   -> (autoencoder, text_encoder, graphdef, state, update, null_text [L, C]); update(state, batch).
+  codecs: (autoencoder, text_encoder) to use instead of building them (a fitted one is fitted anew).
   With cfg.lora, `state` is the adapter's and `update` passes the frozen base (train.init_from).
   """
   tx = build_optimizer(cfg.optimizer)
-  autoencoder, text_encoder = build_codecs(cfg)
+  autoencoder, text_encoder = codecs or build_codecs(cfg)
   graphdef, state, _ = train_state.create_train_state(cfg, tx)
   null_text, null_mask = (jnp.asarray(a[0]) for a in text_encoder.null_embedding())  # [L, C], [L]
   jitted = step.jit_train_step(step.make_train_step(
@@ -273,14 +287,16 @@ def _train(cfg, workdir, is_main) -> dict:
     cache_source = cache.CacheSource(cfg.data.path)
     cache_source.check_model(cfg.model)
     try:
-      autoencoder, text_encoder = build_codecs(cfg)
+      autoencoder, text_encoder = build_codecs(cfg, workdir)
     except ValueError as err:
       print(f"training from the cache without sample grids: {err}", flush=True)
       autoencoder = text_encoder = None
     if autoencoder is not None:  # its grids, and samples of this run later, decode with its scale
       cache_source.check_autoencoder(autoencoder)
   else:
-    autoencoder, text_encoder = build_codecs(cfg)
+    # A fitted autoencoder is fitted and saved once, by process 0, before any process reads it.
+    fitted = host.on_main(lambda: build_codecs(cfg, workdir)) if cfg.codecs.autoencoder == autoencoder_fit.KIND else None
+    autoencoder, text_encoder = fitted or build_codecs(cfg, workdir)
   graphdef = train_state.train_graphdef(cfg)
   abstract = train_state.abstract_train_state(cfg, tx)
   shardings = train_state.state_shardings(abstract, mesh, rules)
@@ -334,7 +350,7 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
     first = cache_source[0]
     latent_hw, text_tokens = first["latents"].shape[0], first["text"].shape[0]
   else:
-    latent_hw, text_tokens = cfg.data.image_size // autoencoder.spatial_compression, text_encoder.max_length
+    latent_hw, text_tokens = cfg.data.image_size // autoencoder.spatial_compression_ratio, text_encoder.max_length
   jitted = step.jit_train_step(
       step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask,
                            seed=cfg.seed,

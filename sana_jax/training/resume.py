@@ -31,7 +31,11 @@ OPTIMIZER_LAYOUT_FIELDS = ("name", "min_8bit_size", "block_size", "layer_axis_pa
 LORA_LAYOUT_FIELDS = ("rank", "alpha", "target_modules", "use_rslora")
 # Fields added to the config after runs were saved without them: the value such a run used.
 FIELDS_ADDED_LATER = {"codecs.scaling_factor": 1.0, "model.prediction": "velocity",
-                      "sampling.guidance_interval": [0.0, 1.0]}
+                      "sampling.guidance_interval": [0.0, 1.0],
+                      # the fitted autoencoder's settings (used only with codecs.autoencoder="conv_fit")
+                      "codecs.fit_widths": [16, 32, 32], "codecs.fit_latent_channels": 16,
+                      "codecs.fit_steps": 600, "codecs.fit_batch_size": 64,
+                      "codecs.fit_learning_rate": 2e-3, "codecs.fit_latent_noise": 0.1}
 
 
 class ResumeError(ValueError):

@@ -55,6 +55,8 @@ def _run_config():
   x0 model is refused, tests/models/test_prediction.py), grow / prune go 2 -> 3 / 2 -> 1 blocks."""
   cfg = configs.get_config("tiny")
   cfg.model = tiny_model_config()
+  # the parameter-free codec, so the workdir needs no fitted autoencoder (tests/training/test_autoencoder_fit.py)
+  cfg.codecs.update(autoencoder="space_to_depth")
   return cfg
 
 

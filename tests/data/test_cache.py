@@ -246,6 +246,7 @@ def test_a_record_whose_shape_disagrees_with_the_manifest_is_refused(cache_copy)
 def test_a_cache_that_does_not_fit_the_model_is_refused(shapes_cache):
   from sana_jax import configs
   model_cfg = configs.get_config("tiny").model
+  model_cfg.update(in_channels=48, out_channels=48)  # the built-in space-to-depth latents of the cache
   cache.CacheSource(str(shapes_cache)).check_model(model_cfg)
   model_cfg.in_channels = 32
   with pytest.raises(ValueError, match="48-channel latents but model.in_channels is 32"):
@@ -311,6 +312,7 @@ def test_zeroed_padding_rows_leave_the_transformer_output_unchanged():
   from sana_jax.models.transformer import SanaTransformer
 
   model_cfg = configs.get_config("tiny").model
+  model_cfg.update(in_channels=48, out_channels=48)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: SanaTransformer(model_cfg, rngs=nnx.Rngs(0))))
   rng = np.random.default_rng(0)
   weights = jax.tree.map(lambda x: (0.2 * rng.standard_normal(x.shape)).astype(x.dtype), abstract)

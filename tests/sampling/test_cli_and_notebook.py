@@ -13,7 +13,7 @@ from PIL import Image
 from sana_jax import configs
 from sana_jax import sample
 from sana_jax.optim.registry import build_optimizer
-from sana_jax.training import checkpointing, train_state
+from sana_jax.training import autoencoder_fit, checkpointing, train_state
 
 NOTEBOOK = pathlib.Path(__file__).parents[2] / "notebooks" / "colab_tpu_sampling.ipynb"
 PROMPTS = ["A cat sleeping on a red sofa", "two dogs running"]
@@ -53,9 +53,12 @@ def test_cli_writes_the_pipeline_images_and_every_setting(tiny_folder, tiny_pipe
 
 @pytest.fixture(scope="module")
 def training_workdir(tmp_path_factory):
-  """A `sana_jax.train` workdir of the tiny config with one checkpoint (initial weights, step 3)."""
+  """A `sana_jax.train` workdir of the tiny config with one checkpoint (initial weights, step 3) and
+  its fitted autoencoder (a few steps of the fit)."""
   workdir = tmp_path_factory.mktemp("train_run")
   cfg = configs.get_config("tiny")
+  cfg.codecs.update(fit_steps=3, fit_batch_size=4)
+  autoencoder_fit.save(*autoencoder_fit.fit(cfg, progress=False), workdir / autoencoder_fit.FOLDER)
   (workdir / "config.json").write_text(cfg.to_json(indent=2))
   _, state, _ = train_state.create_train_state(cfg, build_optimizer(cfg.optimizer))
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=1, async_save=False)
@@ -70,7 +73,7 @@ def test_cli_samples_a_training_run_with_its_codecs_and_sampling_config(training
   settings = json.loads((tmp_path / "settings.json").read_text())
   cfg = configs.get_config("tiny")
   assert settings["checkpoint_settings"]["training_step"] == 3
-  assert (settings["height"], settings["width"]) == (32, 32)  # 8 latent pixels x space-to-depth 4
+  assert (settings["height"], settings["width"]) == (32, 32)  # 8 latent pixels x the autoencoder's 4
   assert settings["guidance_scale"] == cfg.sampling.guidance_scale
   assert settings["max_sequence_length"] == cfg.codecs.max_text_length
   assert settings["sampler"] == cfg.sampling.sampler and not settings["use_resolution_binning"]

@@ -10,20 +10,24 @@ from sana_jax.training.train_state import TrainState
 
 
 def tiny_config(**train_overrides):
-  """The tiny preset shrunk further (compile time dominates these tests)."""
+  """The tiny preset shrunk further (compile time dominates these tests), with the parameter-free
+  space-to-depth codec instead of the fitted autoencoder (tests/training/test_autoencoder_fit.py
+  covers that one)."""
   cfg = configs.get_config("tiny")
   cfg.model.update(in_channels=4, out_channels=4, hidden_size=64, depth=2, cross_num_heads=2,
                    cross_head_dim=32, caption_channels=32)
+  cfg.codecs.update(autoencoder="space_to_depth", scaling_factor=5.75)
   cfg.train.update(batch_size=8, caption_dropout=0.25, **train_overrides)
   return cfg
 
 
 def tiny_model_config():
-  """The tiny preset's model as the 2-block velocity network that the mechanics tests (LoRA layers,
+  """The tiny preset's model as the 2-block, 48-channel velocity network that the mechanics tests (LoRA layers,
   attention implementations, optimiser layouts) were written for: they count its blocks, and their
   absolute tolerances are for velocity outputs (an x0 model divides by sigma, up to 20x)."""
   cfg = configs.get_config("tiny").model
-  cfg.update(depth=2, scan_unroll=2, prediction="velocity")
+  # 48 channels: the 4x4 space-to-depth latents these tests were written for
+  cfg.update(depth=2, scan_unroll=2, prediction="velocity", in_channels=48, out_channels=48)
   return cfg
 
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from sana_jax import configs
 from sana_jax.optim.registry import build_optimizer
 from sana_jax.training import resume, train_state
 from tests.training.helpers import tiny_config
@@ -29,10 +30,11 @@ def test_a_change_that_shapes_or_interprets_the_weights_stops_listing_the_field(
   assert "--config.train.init_from=/w" in text and "new --workdir" in text
 
 
-@pytest.mark.parametrize("name,other", [("codecs.scaling_factor", 5.75), ("model.prediction", "x0")])
+@pytest.mark.parametrize("name,other", [("codecs.scaling_factor", 5.75), ("model.prediction", "x0"),
+                                        ("codecs.fit_latent_channels", 8)])
 def test_a_run_saved_before_a_field_existed_resumes_with_the_value_it_used(name, other):
   section, field = name.split(".")
-  used = resume.FIELDS_ADDED_LATER[name]  # 1.0 / "velocity": what such runs trained with
+  used = resume.FIELDS_ADDED_LATER[name]  # 1.0 / "velocity" / 16: what such runs trained with
   saved, requested = _dict(tiny_config()), tiny_config()
   del saved[section][field]
   filled = resume.with_fields_added_later(saved)  # what the workdir reader builds its config from
@@ -99,3 +101,16 @@ def test_metrics_are_cut_back_to_the_resumed_step_and_a_torn_line_is_dropped(tmp
   assert resume.cut_metrics(str(path), 2) == 3
   assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2]
   assert resume.cut_metrics(str(path), 2) == 0 and resume.cut_metrics(str(tmp_path / "none"), 0) == 0
+
+
+def test_a_fifth_round_default_workdir_stops_naming_the_autoencoder_it_was_trained_on():
+  """Its pixels-as-latents run cannot continue on the fitted autoencoder's latents."""
+  saved = _dict(configs.get_config("tiny"))
+  saved["codecs"].update(autoencoder="space_to_depth", scaling_factor=5.75)
+  saved["model"].update(in_channels=48, out_channels=48)
+  for field in [k for k in resume.FIELDS_ADDED_LATER if k.startswith("codecs.fit_")]:
+    del saved["codecs"][field.split(".")[1]]
+  with pytest.raises(resume.ResumeError) as err:
+    resume.check_resume(saved, _dict(configs.get_config("tiny")), "/w", 2400)
+  assert "codecs.autoencoder: 'space_to_depth' (saved) -> 'conv_fit'" in str(err.value)
+  assert "codecs.fit_" not in str(err.value)  # absent fields read as the values such runs had
