@@ -135,7 +135,7 @@ def main():
   base_cfg.sampling.update(num_images=8, num_eval_images=0)
   train(base_cfg, os.path.join(root, "base"))
 
-  autoencoder, text_encoder = loop.build_codecs(base_cfg)
+  autoencoder, text_encoder = loop.build_codecs(base_cfg, os.path.join(root, "base"), allow_fit=False)
   latent = (base_cfg.data.image_size // autoencoder.spatial_compression_ratio,) * 2 + (base_cfg.model.in_channels,)
   class_dir = os.path.join(root, "class_images")
   draw_class_images(class_dir, args.class_images, args.concept, base_cfg, autoencoder, text_encoder, latent)

@@ -9,8 +9,10 @@ reconstructed worse and fitted 1.75x slower: docs/training.md, "A fitted autoenc
     <workdir>/autoencoder/autoencoder.json   its config (scaling_factor included) + the fit's report
     <workdir>/autoencoder/state/             its weights (Orbax, convert/native.py)
 
-A resumed run, `python -m sana_jax.sample --workdir` and `SanaPipeline.from_pretrained(workdir)`
-read it back; it is fitted only when the folder is absent, and written complete or not at all.
+A resumed run, `python -m sana_jax.sample --checkpoint workdir` and `SanaPipeline.from_pretrained(workdir)`
+read it back; it is fitted only when the folder is absent, and written complete or not at all. A
+run started from another run (`train.init_from` = its workdir: a fine-tune, a LoRA) copies that
+run's autoencoder instead of fitting one, so it stays in the latent space its weights know.
 
 The fit: mean squared reconstruction error with Gaussian noise (std `fit_latent_noise`) added to
 the latents before decoding, so the decoder draws clean shapes from the slightly-off latents a
@@ -170,6 +172,19 @@ def load_or_fit(cfg, workdir=None, progress: bool = True, allow_fit: bool = True
   if not allow_fit:
     raise CheckpointError(f"{folder or 'no workdir'}: the run's fitted autoencoder is missing (codecs.autoencoder "
                           f"{KIND!r}), so its latents cannot be decoded")
+  init_from = str(cfg.train.get("init_from", "") or "")
+  inherited = os.path.join(init_from, FOLDER) if init_from else None
+  if inherited and os.path.isdir(inherited):
+    # A fine-tune or LoRA of a run continues in that run's latent space: its autoencoder, copied.
+    vae, report = load(inherited)
+    check_matches(vae, cfg.codecs, inherited)
+    print(f"using the autoencoder of train.init_from ({inherited})", flush=True)
+    if folder is not None:
+      save(vae, {**report, "copied_from": inherited}, folder)
+    return vae
+  if init_from:
+    print(f"train.init_from {init_from} holds no fitted autoencoder: fitting a new one, whose latents "
+          "its weights have not seen", flush=True)
   vae, report = fit(cfg, progress=progress)
   line = ", ".join(f"{k} {v}" for k, v in report.items())
   print(f"fitted the autoencoder ({describe(vae)}): {line}", flush=True)

@@ -157,3 +157,13 @@ def test_a_run_fits_once_resumes_with_the_same_autoencoder_and_samples_with_it(t
   assert fits == [1]
   parts, suggested = convert_pipeline.pipeline_parts(str(tmp_path))
   assert parts["vae"].scaling_factor == meta["config"]["scaling_factor"] and suggested["training_step"] == 4
+
+
+def test_a_run_started_from_a_run_keeps_that_runs_autoencoder(tmp_path, monkeypatch):
+  base = tmp_path / "base"
+  loop.train_and_evaluate(_conv_fit_micro_config(num_steps=2), base)
+  monkeypatch.setattr(autoencoder_fit, "fit", lambda *a, **k: pytest.fail("a fine-tune fitted its own"))
+  loop.train_and_evaluate(_conv_fit_micro_config(num_steps=2, init_from=str(base)), tmp_path / "tuned")
+  saved = json.loads((base / "autoencoder" / "autoencoder.json").read_text())
+  copied = json.loads((tmp_path / "tuned" / "autoencoder" / "autoencoder.json").read_text())
+  assert copied["config"] == saved["config"] and copied["fit"]["copied_from"] == str(base / "autoencoder")
