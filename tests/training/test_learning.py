@@ -2,9 +2,9 @@
 
 The loss is measured on one fixed held-out batch of 64 with fixed noise and timesteps (no sampling
 noise in the comparison), before and after STEPS updates of the default config's model, optimiser
-and objective on batches from the real data pipeline and codecs. It took 45 s wall on the idle
-2-core VM (the 4-block, x-prediction default). The quality
-figures (evaluator scores) live in docs/training.md.
+and objective on batches from the real data pipeline and codecs (the fitted autoencoder, fitted
+for 150 of its 600 steps). It took 48 s wall on the idle 2-core AMD VM, the fit included. The
+quality figures (evaluator scores) live in docs/training.md.
 """
 import jax
 import numpy as np
@@ -17,7 +17,8 @@ from sana_jax.training import loop, objective
 STEPS = 150
 BATCH = 16
 FIT_STEPS = 150  # of the fitted autoencoder's 600: its latents are coarser, the test stays short
-# Measured 2026-12-01 with the 4-block x-prediction default: 5.251 -> 0.647 (8.1x) after 150 steps
+# Measured 2026-12-02 on the fitted autoencoder's latents: 6.593 -> 0.601 (11.0x). 2026-12-01 with
+# the 4-block x-prediction default on space-to-depth latents: 5.251 -> 0.647 (8.1x) after 150 steps
 # (x-prediction starts higher: an untrained guess of x0 near 0 returns the velocity x_t / sigma).
 # Before, the 2-block velocity model with unit-variance latents: 3.304 -> 0.679 (4.9x); with the
 # unscaled latents 2.265 -> 0.150, 15.1x (that target is mostly the noise, which is learnt first).
