@@ -135,8 +135,9 @@ def save(vae: ConvAutoencoder, report: dict, folder) -> str:
   return folder
 
 
-def load(folder) -> tuple[ConvAutoencoder, dict]:
-  """-> (the autoencoder saved in `folder`, its fit report); CheckpointError naming what is wrong."""
+def load(folder, codecs_cfg=None) -> tuple[ConvAutoencoder, dict]:
+  """-> (the autoencoder saved in `folder`, its fit report); CheckpointError naming what is wrong.
+  codecs_cfg: also check that it is the autoencoder these settings describe (`check_matches`)."""
   folder = os.path.abspath(os.fspath(folder))
   meta_path = os.path.join(folder, _META)
   try:
@@ -147,6 +148,8 @@ def load(folder) -> tuple[ConvAutoencoder, dict]:
     raise CheckpointError(f"fitted autoencoder {folder}: cannot read {_META} ({type(e).__name__}: {e})") from None
   abstract = nnx.eval_shape(lambda: ConvAutoencoder(config, rngs=nnx.Rngs(0)))
   vae = native.restore_module(abstract, os.path.join(folder, "state"), f"fitted autoencoder {folder}")
+  if codecs_cfg is not None:
+    check_matches(vae, codecs_cfg, folder)
   return vae, meta.get("fit", {})
 
 
@@ -166,8 +169,7 @@ def load_or_fit(cfg, workdir=None, progress: bool = True, allow_fit: bool = True
   allow_fit=False (reading a finished run): a missing folder is a CheckpointError instead."""
   folder = None if workdir is None else os.path.join(os.fspath(workdir), FOLDER)
   if folder is not None and os.path.exists(folder):
-    vae, _ = load(folder)
-    check_matches(vae, cfg.codecs, folder)
+    vae, _ = load(folder, cfg.codecs)
     return vae
   if not allow_fit:
     raise CheckpointError(f"{folder or 'no workdir'}: the run's fitted autoencoder is missing (codecs.autoencoder "
@@ -176,8 +178,7 @@ def load_or_fit(cfg, workdir=None, progress: bool = True, allow_fit: bool = True
   inherited = os.path.join(init_from, FOLDER) if init_from else None
   if inherited and os.path.isdir(inherited):
     # A fine-tune or LoRA of a run continues in that run's latent space: its autoencoder, copied.
-    vae, report = load(inherited)
-    check_matches(vae, cfg.codecs, inherited)
+    vae, report = load(inherited, cfg.codecs)
     print(f"using the autoencoder of train.init_from ({inherited})", flush=True)
     if folder is not None:
       save(vae, {**report, "copied_from": inherited}, folder)
