@@ -3,8 +3,9 @@
   python bench/train_ablation.py --steps=1500 model.hidden_size=128 train.flow_shift=1.0
 
 Trains in-process with the same pieces as `python -m sana_jax.train` (codecs, data pipeline,
-train step, sampler) but without checkpoints or logs, the next batch encoded on the loop's
-prefetch thread while the step runs and the loss read back only every 100 steps. Then samples
+train step, sampler) but without checkpoints or logs, the next batch read on the loop's
+prefetch thread while the step runs (its images encoded inside the step, as the loop does) and
+the loss read back only every 100 steps. Then samples
 `sampling.num_eval_images` held-out prompts and scores them with the shapes evaluator. Prints one
 JSON line: overrides, steps, steps/s, final loss (mean of the last 100 steps), train and eval wall
 seconds, compile seconds, the per-task scores and the conditioning check: the velocity loss on one
@@ -55,7 +56,7 @@ def run(cfg, num_steps, seconds=None, codecs=None):
   t0 = time.perf_counter()
   autoencoder, text_encoder, graphdef, state, update, _ = loop.single_device_training(cfg, codecs)
   data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
-  prepare = lambda b: jax.device_put(loop.encode_batch(b, autoencoder, text_encoder))
+  prepare = lambda b: jax.device_put(loop.encode_batch(b, autoencoder, text_encoder, in_step=True))
   losses, pending, compile_s = [], [], None
   done = 0
   with host.Prefetcher(data, prepare, depth=3) as batches:

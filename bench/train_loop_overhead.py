@@ -3,9 +3,10 @@
   python bench/train_loop_overhead.py [--config=tiny] [--steps=200] [--log_every=50] [field=value ...]
 
 The bare step runs `update(state, batch)` back to back on batches prepared beforehand (the first
-`steps` batches of the same pipeline, already encoded and sharded) and blocks once at the end.
+`steps` batches of the same pipeline, captions encoded and sharded; the images are encoded inside
+the step, as in the loop) and blocks once at the end.
 The loop runs the real `python -m sana_jax.train` loop for the same number of steps (data read,
-encoded and sharded on its prefetch thread, metrics read back at log steps, tqdm, TensorBoard,
+captions encoded and sharded on its prefetch thread, metrics read back at log steps, tqdm, TensorBoard,
 one checkpoint at the end), its time per step taken from metrics.jsonl's step_time of every log
 window but the first (which holds the compilation). Bare and loop alternate (`--rounds` loops,
 each between two bare runs); each loop run is divided by the mean of its two neighbours, and the
@@ -31,17 +32,19 @@ from sana_jax.optim.registry import build_optimizer, make_schedule  # noqa: E402
 from sana_jax.training import autoencoder_fit, loop, sharding, step, train_state  # noqa: E402
 
 
-def bare_step_time(cfg, batches, text_encoder) -> float:
+def bare_step_time(cfg, batches, codecs) -> float:
   """Seconds per step of the jitted update alone over `batches` (compiled and warmed first)."""
   mesh = sharding.create_mesh(cfg.mesh)
   rules = sharding.axis_rules(cfg.mesh)
   tx = build_optimizer(cfg.optimizer)
   graphdef, state, shardings = train_state.create_train_state(cfg, tx, mesh)
+  autoencoder, text_encoder = codecs
   null_text, null_mask = (jnp.asarray(a[0]) for a in text_encoder.null_embedding())
   update = step.jit_train_step(
       step.make_train_step(graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask,
                            seed=cfg.seed, learning_rate_fn=make_schedule(cfg.optimizer),
-                           param_shardings=shardings.params),
+                           param_shardings=shardings.params,
+                           encode_images=loop.image_encoder(autoencoder)),
       mesh, shardings, sharding.batch_sharding(mesh, rules, cfg.model), rules)
   for batch in batches[:3]:  # compile + warm up
     state, metrics = update(state, batch)
@@ -58,8 +61,8 @@ def prepared_batches(cfg, count, codecs):
   batch_sharding = sharding.batch_sharding(mesh, sharding.axis_rules(cfg.mesh), cfg.model)
   autoencoder, text_encoder = codecs
   data = pipeline.make_dataset(cfg.data, cfg.train.batch_size, cfg.seed)
-  return [sharding.global_batch(loop.encode_batch(next(data), autoencoder, text_encoder), batch_sharding,
-                                cfg.train.batch_size) for _ in range(count)]
+  return [sharding.global_batch(loop.encode_batch(next(data), autoencoder, text_encoder, in_step=True),
+                                batch_sharding, cfg.train.batch_size) for _ in range(count)]
 
 
 def loop_step_time(cfg, workdir, fitted) -> float:
@@ -92,11 +95,11 @@ def main():
     batches = prepared_batches(cfg, args.steps, codecs)
     jax.config.update("jax_compilation_cache_dir", os.path.join(tmp, "xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    bare = [bare_step_time(cfg, batches, codecs[1])]
+    bare = [bare_step_time(cfg, batches, codecs)]
     loops = []
     for r in range(args.rounds):
       loops.append(loop_step_time(cfg, os.path.join(tmp, f"run{r}"), fitted))
-      bare.append(bare_step_time(cfg, batches, codecs[1]))
+      bare.append(bare_step_time(cfg, batches, codecs))
   ratios = [t / ((bare[i] + bare[i + 1]) / 2) for i, t in enumerate(loops)]
   print(f"{cfg.model.name}, batch {cfg.train.batch_size}, {args.steps} steps per run, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)")

@@ -15,9 +15,11 @@ Running again with the same workdir resumes from the newest readable checkpoint,
 that the stored config allows it (training/resume.py, docs/training.md). SIGTERM (TPU preemption)
 or Ctrl-C save a checkpoint between two steps and return {"stopped": signal, "saved": step}.
 
-The loop never waits on the device per step: the next batch is encoded and sharded on a
-background thread (host.Prefetcher), and metrics are read back at log and checkpoint steps only,
-where a NaN / Inf loss or gradient norm stops the run naming its step. Checkpoints are written
+The loop never waits on the device per step: the next batch is read, its captions encoded and
+the batch sharded on a background thread (host.Prefetcher); its images are encoded by the
+autoencoder inside the compiled train step (so the encoder does not compete with the step for the
+host's cores); metrics are read back at log and checkpoint steps only, where a NaN / Inf loss or
+gradient norm stops the run naming its step. Checkpoints are written
 only from finite parameters.
 
 A config with a `lora` section trains only an adapter on the frozen base `train.init_from`
@@ -91,7 +93,8 @@ def single_device_training(cfg, codecs=None):
   """The default job's codecs, fresh train state and jitted step on one device, unsharded (for
   benchmarks and tests that drive the step themselves; `train_and_evaluate` shards its own).
 
-  -> (autoencoder, text_encoder, graphdef, state, update, null_text [L, C]); update(state, batch).
+  -> (autoencoder, text_encoder, graphdef, state, update, null_text [L, C]); update(state, batch)
+  takes batches of `encode_batch` with or without `in_step` (images encoded in the step or before).
   codecs: (autoencoder, text_encoder) to use instead of building them (a fitted one is fitted anew).
   With cfg.lora, `state` is the adapter's and `update` passes the frozen base (train.init_from).
   """
@@ -101,14 +104,24 @@ def single_device_training(cfg, codecs=None):
   null_text, null_mask = (jnp.asarray(a[0]) for a in text_encoder.null_embedding())  # [L, C], [L]
   jitted = step.jit_train_step(step.make_train_step(
       graphdef, tx, cfg.train, null_text=null_text, null_mask=null_mask, seed=cfg.seed,
-      learning_rate_fn=make_schedule(cfg.optimizer), adapter_dropout=adapter.has_dropout(cfg)))
+      learning_rate_fn=make_schedule(cfg.optimizer), adapter_dropout=adapter.has_dropout(cfg),
+      encode_images=image_encoder(autoencoder)))
   update = adapter.with_base(jitted, adapter.load_base(cfg).params if adapter.enabled(cfg) else None)
   return autoencoder, text_encoder, graphdef, state, update, null_text
 
 
-def encode_batch(host_batch, autoencoder, text_encoder) -> dict:
+def image_encoder(autoencoder):
+  """images [B, H, W, 3] in [-1, 1] -> model latents (encoded and scaled), a function the train
+  step traces (`step.make_train_step(encode_images=...)`); the autoencoder's weights are constants."""
+  return lambda images: autoencoder.encode(images) * autoencoder.scaling_factor
+
+
+def encode_batch(host_batch, autoencoder, text_encoder, in_step: bool = False) -> dict:
   """Pipeline batch (images in [-1, 1], captions) -> model inputs as numpy arrays.
 
+  in_step: keep the images (float32 "images" instead of "latents") for the train step to encode
+  with `image_encoder(autoencoder)`; the training loop does this, so the host only renders images
+  and looks up caption vectors.
   Batches from a preprocessed cache already hold latents and caption features: passed through.
   Prior preservation batches (training/dreambooth.py) keep their "prior" row marks [B].
   """
@@ -117,10 +130,13 @@ def encode_batch(host_batch, autoencoder, text_encoder) -> dict:
     return {"latents": np.asarray(host_batch["latents"], np.float32),
             "text": np.asarray(host_batch["text"], np.float32),
             "text_mask": np.asarray(host_batch["text_mask"], np.int32), **extra}
-  latents = autoencoder.encode(host_batch["images"]) * autoencoder.scaling_factor
+  if in_step:
+    pixels = {"images": np.asarray(host_batch["images"], np.float32)}
+  else:
+    pixels = {"latents": np.asarray(autoencoder.encode(host_batch["images"]) * autoencoder.scaling_factor,
+                                    np.float32)}
   text, mask = text_encoder.encode([str(c) for c in host_batch["captions"]])
-  return {"latents": np.asarray(latents, np.float32), "text": np.asarray(text, np.float32),
-          "text_mask": np.asarray(mask, np.int32), **extra}
+  return {**pixels, "text": np.asarray(text, np.float32), "text_mask": np.asarray(mask, np.int32), **extra}
 
 
 def make_scheduler(sampling_cfg):
@@ -356,7 +372,8 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
                            seed=cfg.seed,
                            learning_rate_fn=make_schedule(cfg.optimizer), param_shardings=shardings.params,
                            prior_loss_weight=cfg.dreambooth.prior_loss_weight if prior else 1.0,
-                           adapter_dropout=adapter.has_dropout(cfg)),
+                           adapter_dropout=adapter.has_dropout(cfg),
+                           encode_images=image_encoder(autoencoder) if cache_source is None else None),
       mesh, shardings, batch_sharding, rules, None if base is None else base.shardings)
   update = adapter.with_base(jitted, None if base is None else base.params)
   sampler = None
@@ -389,8 +406,8 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
       grid.save_grid(images, grid_prompts, workdir / "samples" / f"step_{at_step:07d}.png")
 
   def prepare(host_batch):  # -> (global batch, the example indices this host read or None)
-    return (sharding.global_batch(encode_batch(host_batch, autoencoder, text_encoder), batch_sharding,
-                                  cfg.train.batch_size), host_batch.get("indices"))
+    return (sharding.global_batch(encode_batch(host_batch, autoencoder, text_encoder, in_step=True),
+                                  batch_sharding, cfg.train.batch_size), host_batch.get("indices"))
 
   window_start = time.perf_counter()
   window_steps = 0

@@ -51,7 +51,7 @@ def accumulate_gradients(grad_fn, params, batch, rng, num_micro: int):
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, null_text, seed: int,
                     learning_rate_fn=None, param_shardings=None, prior_loss_weight=1.0,
-                    adapter_dropout=False, null_mask=None):
+                    adapter_dropout=False, null_mask=None, encode_images=None):
   """The update function for `TrainState`s of the model `graphdef`.
 
   graphdef: nnx.merge(graphdef, state.params) is the model, or, with the `frozen` argument of
@@ -64,6 +64,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, nu
   prior_loss_weight: weight of the class-image rows of a batch with "prior" (DreamBooth).
   adapter_dropout: the LoRA adapters have dropout: the merged model runs in training mode with a
     dropout key from the step's key.
+  encode_images(images [B, H, W, 3]) -> model latents: a batch that holds "images" instead of
+    "latents" is encoded inside the step (the built-in autoencoders: the encoder runs in the same
+    compiled program as the update instead of on the host beside it; no gradient flows into it).
   """
   def loss_fn(params, batch, rng, frozen):
     # copy: the dropout key is written below, inside the gradient's trace (the frozen state's
@@ -83,6 +86,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, train_cfg, *, nu
   ema_decay = float(train_cfg.ema_decay)
 
   def train_step(state: TrainState, batch, frozen=None):
+    if "images" in batch:
+      if encode_images is None:
+        raise ValueError("the batch holds images but the train step was made without encode_images")
+      batch = dict(batch)
+      batch["latents"] = jax.lax.stop_gradient(encode_images(batch.pop("images")))
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     grad_fn = lambda params, micro, key: value_and_grad(params, micro, key, frozen)
     loss, grads = accumulate_gradients(grad_fn, state.params, batch, rng, train_cfg.grad_accum_steps)

@@ -67,3 +67,32 @@ def test_same_step_and_batch_give_the_same_update():
   _, m1 = jitted(state, fixed_batch(cfg))
   _, m2 = jitted(state, fixed_batch(cfg))
   assert float(m1["loss"]) == float(m2["loss"])
+
+
+def test_images_encoded_inside_the_step_give_the_update_of_latents_encoded_before():
+  # The loop sends images and lets the compiled step encode them (loop.image_encoder); that must be
+  # the same update as encoding on the host first. A fixed linear "encoder" [B,H,W,3] -> [B,H/2,W/2,4].
+  cfg = tiny_config()
+  tx = sgd_momentum()
+  graphdef, state = linear_state(cfg, tx)
+  kernel = np.random.default_rng(5).normal(size=(12, cfg.model.in_channels)).astype(np.float32)
+
+  def encode(images):
+    b, h, w, _ = images.shape
+    patches = images.reshape(b, h // 2, 2, w // 2, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 12)
+    return patches @ kernel
+
+  batch = fixed_batch(cfg)
+  images = np.random.default_rng(6).uniform(-1, 1, size=(8, 16, 16, 3)).astype(np.float32)
+  with_images = {k: v for k, v in batch.items() if k != "latents"} | {"images": images}
+  with_latents = batch | {"latents": np.asarray(encode(jnp.asarray(images)))}
+  fn = jax.jit(step.make_train_step(graphdef, tx, cfg.train, null_text=null_text(cfg), seed=0,
+                                    encode_images=encode))
+  s1, m1 = fn(state, with_images)
+  s2, m2 = fn(state, with_latents)
+  np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)  # measured: bit-equal here (CPU)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1.params, s2.params)
+  plain = step.make_train_step(graphdef, tx, cfg.train, null_text=null_text(cfg), seed=0)
+  import pytest
+  with pytest.raises(ValueError, match="batch holds images but the train step was made without encode_images"):
+    plain(state, with_images)
