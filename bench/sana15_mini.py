@@ -1,19 +1,26 @@
 """SANA 1.5's three scaling techniques, reproduced in miniature on the CPU with the shapes data.
 
-COMMAND: python bench/sana15_mini.py --out docs/sana15_mini [--steps 300] [--quick]
+COMMAND: python bench/sana15_mini.py --out docs/sana15_mini [--steps 800] [--seeds 1,2,3] [--quick]
 
+Every claim is measured once per seed (model initialisation, data order and sampling noise all
+change with it) and reported as mean and spread over the seeds.
 (i)   growth: train a depth-D/2 model for `steps` steps, grow it to depth D (constant, identity new
       blocks) and train `steps` more; train a depth-D model from scratch for 2*`steps` steps. Report
-      the step at which the grown run first reaches the scratch run's final (smoothed) loss.
+      the deep steps (and block-steps, a compute measure) the grown run needs to reach the scratch
+      run's final smoothed loss, and its evaluator score at each quarter of the grown phase against
+      the scratch run's score at the end.
 (ii)  pruning: prune the scratch depth-D model to D/2 blocks by block importance, by dropping the
-      last blocks and by a random choice; held-out flow loss (fixed noise and timesteps) before and
-      after `finetune` steps, plus the shapes evaluator's score.
-(iii) best-of-N: 32 candidates per held-out prompt from the depth-D model; the shapes evaluator's
-      score of the pick for N = 1..32 with (a) a judge that is not the evaluator - a "diffusion
-      classifier" score from the model itself, how much the prompt lowers the denoising error
-      versus the null prompt - and (b) the evaluator as an oracle.
-Everything uses configs/tiny.py's data, codecs and optimiser with a width-128, depth-4 model (D = 4).
-Writes results.json and loss_curves.png / importance.png under --out.
+      last blocks and by a random choice; held-out flow loss (fixed noise and timesteps) and the
+      shapes evaluator's score before and after `finetune` steps.
+(iii) best-of-N: 32 candidates per held-out prompt from the scratch depth-D model; the shapes
+      evaluator's score of the pick for N = 1..32 with judges that are not the evaluator: a small
+      contrastive image-caption scorer trained on shapes renders (sana_jax.scaling.contrastive,
+      fitted once and kept in <out>/judge), and a "diffusion classifier" score from the model
+      itself (how much the prompt lowers its denoising error versus the null prompt); and with the
+      evaluator as an oracle (any correct candidate among the first N).
+The model, data, codecs (the fitted conv autoencoder) and optimiser are the default job's
+(configs/tiny.py: width 64, depth D = 4, x-prediction). Writes results.json, loss_curves.png and
+importance.png under --out.
 """
 import argparse
 import json
@@ -30,9 +37,9 @@ from flax import nnx  # noqa: E402
 
 from sana_jax import configs  # noqa: E402
 from sana_jax.data import pipeline, shapes_eval  # noqa: E402
-from sana_jax.optim.registry import build_optimizer  # noqa: E402
-from sana_jax.scaling import block_importance, grow, prune  # noqa: E402
-from sana_jax.training import loop, step, train_state  # noqa: E402
+from sana_jax.optim.registry import build_optimizer, make_schedule  # noqa: E402
+from sana_jax.scaling import block_importance, contrastive, grow, prune  # noqa: E402
+from sana_jax.training import host, loop, step, train_state  # noqa: E402
 from sana_jax.training.objective import noisy_latents, shift_sigma  # noqa: E402
 
 
@@ -44,31 +51,42 @@ class Trainer:
     self.autoencoder, self.text_encoder = loop.build_codecs(cfg)
     self.null_text, self.null_mask = (jnp.asarray(a[0]) for a in self.text_encoder.null_embedding())
     self.tx = build_optimizer(cfg.optimizer)
-    self._steps = {}
+    self._steps, self._samplers = {}, {}
 
   def _update(self, model_cfg):
     key = (model_cfg.depth, model_cfg.qk_norm)
     if key not in self._steps:
       graphdef = train_state.model_graphdef(model_cfg)
       fn = step.make_train_step(graphdef, self.tx, self.cfg.train, null_text=self.null_text,
-                                null_mask=self.null_mask, seed=self.cfg.seed)
+                                null_mask=self.null_mask, seed=self.cfg.seed, learning_rate_fn=make_schedule(self.cfg.optimizer),
+                                encode_images=loop.image_encoder(self.autoencoder))
       self._steps[key] = step.jit_train_step(fn)
     return self._steps[key]
 
-  def train(self, model, num_steps, data_seed):
-    """Fresh optimiser state, `num_steps` steps; returns (trained model, per-step losses)."""
+  def sampler(self, graphdef):
+    """The loop's sampler for models of this graphdef, compiled once."""
+    if graphdef not in self._samplers:
+      self._samplers[graphdef] = loop.make_sampler(graphdef, self.autoencoder, self.text_encoder, self.cfg.sampling)
+    return self._samplers[graphdef]
+
+  def train(self, model, num_steps, data_seed, eval_every=0, evaluate=None):
+    """Fresh optimiser state, `num_steps` steps (the next batch read on a background thread);
+    -> (trained model, per-step losses, [(step, evaluate(model))] every `eval_every` steps)."""
     params = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))  # the step donates its state
     state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
                                    ema_params=None)
     data = pipeline.make_dataset(self.cfg.data, self.cfg.train.batch_size, data_seed)
+    prepare = lambda b: jax.device_put(loop.encode_batch(b, self.autoencoder, self.text_encoder, in_step=True))
     update = self._update(model.cfg)
-    losses = []
-    for _ in range(num_steps):
-      batch = loop.encode_batch(next(data), self.autoencoder, self.text_encoder)
-      state, metrics = update(state, {k: jnp.asarray(v) for k, v in batch.items()})
-      losses.append(float(metrics["loss"]))
     graphdef = nnx.graphdef(model)
-    return nnx.merge(graphdef, state.params), losses
+    losses, scores = [], []
+    with host.Prefetcher(data, prepare, depth=2) as batches:
+      for i in range(num_steps):
+        state, metrics = update(state, next(batches)[0])
+        losses.append(metrics["loss"])  # read back at the end: no sync per step
+        if evaluate is not None and eval_every and (i + 1) % eval_every == 0:
+          scores.append((i + 1, evaluate(nnx.merge(graphdef, state.params))))
+    return nnx.merge(graphdef, state.params), [float(x) for x in jax.device_get(losses)], scores
 
 
 def heldout_batch(trainer, cfg, count=64, seed=123):
@@ -97,7 +115,7 @@ def val_loss(model, hb):
 
 
 def evaluator_score(trainer, model, cfg, count, seed):
-  sampler = loop.make_sampler(nnx.graphdef(model), trainer.autoencoder, trainer.text_encoder, cfg.sampling)
+  sampler = trainer.sampler(nnx.graphdef(model))
   prompts, specs = loop.heldout_shapes(cfg, count)
   hw = cfg.data.image_size // trainer.autoencoder.spatial_compression_ratio
   images = sampler(nnx.state(model), prompts, seed, (hw, hw, cfg.model.in_channels))
@@ -105,11 +123,8 @@ def evaluator_score(trainer, model, cfg, count, seed):
 
 
 def bench_config():
-  """configs/tiny.py (data, codecs, optimiser) with the model pinned: width 128, depth 4, 4 cross heads."""
-  cfg = configs.get_config("tiny")
-  cfg.model.update(hidden_size=128, depth=4, cross_num_heads=4, cross_head_dim=32)
-  cfg.sampling.num_steps = 10
-  return cfg
+  """configs/tiny.py as the default job runs it (model, data, fitted autoencoder, optimiser, sampler)."""
+  return configs.get_config("tiny")
 
 
 def smooth(x, k=25):
@@ -117,89 +132,114 @@ def smooth(x, k=25):
   return np.convolve(x, np.ones(k) / k, mode="valid") if len(x) >= k else x
 
 
-def part_growth(trainer, cfg, steps, out):
+def _first_reaching(values, target):
+  hits = np.nonzero(np.asarray(values) <= target)[0]
+  return None if hits.size == 0 else int(hits[0])
+
+
+def part_growth(trainer, cfg, steps, seed, eval_count):
+  """One seed of (i) -> (result, the scratch deep model, loss curves)."""
   deep_cfg = cfg.model
-  shallow_cfg = bench_config().model
+  shallow_cfg = cfg.model.copy_and_resolve_references()
   shallow_cfg.depth = deep_cfg.depth // 2
+  score = lambda m: evaluator_score(trainer, m, cfg, eval_count, seed=100 + seed)
   t0 = time.time()
-  shallow, shallow_losses = trainer.train(train_state.build_model(shallow_cfg, cfg.seed), steps, data_seed=1)
-  grown, grown_losses = trainer.train(grow(shallow, deep_cfg.depth, "constant"), steps, data_seed=2)
-  scratch, scratch_losses = trainer.train(train_state.build_model(deep_cfg, cfg.seed), 2 * steps, data_seed=1)
-  target = smooth(scratch_losses)[-1]
-  reached = np.nonzero(smooth(grown_losses) <= target)[0]
-  grown_steps = None if reached.size == 0 else int(reached[0]) + 25  # index into the smoothed curve
+  shallow, shallow_losses, _ = trainer.train(train_state.build_model(shallow_cfg, seed), steps, data_seed=10 * seed)
+  t_shallow = time.time() - t0
+  grown, grown_losses, grown_scores = trainer.train(grow(shallow, deep_cfg.depth, "constant"), steps,
+                                                    data_seed=10 * seed + 1, eval_every=max(1, steps // 4),
+                                                    evaluate=score)
+  t_grown = time.time() - t0 - t_shallow
+  scratch, scratch_losses, scratch_scores = trainer.train(train_state.build_model(deep_cfg, seed), 2 * steps,
+                                                          data_seed=10 * seed, eval_every=max(1, steps // 2),
+                                                          evaluate=score)
+  t_scratch = time.time() - t0 - t_shallow - t_grown
+  target_loss = float(smooth(scratch_losses)[-1])
+  target_score = scratch_scores[-1][1] if scratch_scores else score(scratch)
+  reached = _first_reaching(smooth(grown_losses), target_loss)
+  loss_steps = None if reached is None else reached + 25  # the smoothed curve's index + its window
+  score_steps = next((s for s, v in grown_scores if v >= target_score), None)
+  block_steps = lambda deep_steps: None if deep_steps is None else steps * shallow_cfg.depth + deep_steps * deep_cfg.depth
   result = {
-      "steps_per_phase": steps, "scratch_final_smoothed_loss": float(target),
-      "grown_final_smoothed_loss": float(smooth(grown_losses)[-1]),
+      "seed": seed, "steps_per_phase": steps,
+      "scratch_final_smoothed_loss": target_loss, "grown_final_smoothed_loss": float(smooth(grown_losses)[-1]),
       "shallow_final_smoothed_loss": float(smooth(shallow_losses)[-1]),
-      "deep_steps_after_growth_to_reach_scratch_loss": grown_steps,
-      "deep_steps_from_scratch": 2 * steps,
-      "seconds": time.time() - t0,
+      "scratch_scores": scratch_scores, "grown_scores": grown_scores,
+      "grown_deep_steps_to_scratch_loss": loss_steps, "grown_deep_steps_to_scratch_score": score_steps,
+      "scratch_block_steps": 2 * steps * deep_cfg.depth,
+      "grown_block_steps_to_scratch_loss": block_steps(loss_steps),
+      "grown_block_steps_to_scratch_score": block_steps(score_steps),
+      "seconds": {"shallow": round(t_shallow, 1), "grown": round(t_grown, 1), "scratch": round(t_scratch, 1)},
   }
-  _plot_curves(out, shallow_losses, grown_losses, scratch_losses)
-  return result, scratch
+  return result, scratch, (shallow_losses, grown_losses, scratch_losses)
 
 
-def _plot_curves(out, shallow, grown, scratch):
+def _plot_curves(out, curves_by_seed):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 3.5))
-  n = len(shallow)
-  ax.plot(np.arange(len(smooth(scratch))) + 25, smooth(scratch), label="deep, from scratch")
-  ax.plot(np.arange(len(smooth(shallow))) + 25, smooth(shallow), label="shallow (before growth)")
-  ax.plot(n + np.arange(len(smooth(grown))) + 25, smooth(grown), label="grown (constant)")
+  fig, ax = plt.subplots(figsize=(6.5, 3.8))
+  for i, (seed, (shallow, grown, scratch)) in enumerate(curves_by_seed.items()):
+    n = len(shallow)
+    kw = dict(alpha=0.9 if i == 0 else 0.45)
+    ax.plot(np.arange(len(smooth(scratch))) + 25, smooth(scratch), color="C0", label="deep, from scratch" if i == 0 else None, **kw)
+    ax.plot(np.arange(len(smooth(shallow))) + 25, smooth(shallow), color="C1", label="shallow (before growth)" if i == 0 else None, **kw)
+    ax.plot(n + np.arange(len(smooth(grown))) + 25, smooth(grown), color="C2", label="grown (constant)" if i == 0 else None, **kw)
   ax.set_xlabel("training step (total)")
   ax.set_ylabel("flow loss (25-step mean)")
+  ax.set_ylim(top=1.0)
+  ax.set_title(f"seeds {', '.join(map(str, curves_by_seed))}")
   ax.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(out, "loss_curves.png"), dpi=100)
   plt.close(fig)
 
 
-def part_pruning(trainer, cfg, deep, finetune, out, hb, eval_count):
+def part_pruning(trainer, cfg, deep, finetune, hb, eval_count, seed, out=None):
   calib_prompts, _ = loop.heldout_shapes(cfg, 16)
   text, mask = trainer.text_encoder.encode(calib_prompts)
   hw = cfg.data.image_size // trainer.autoencoder.spatial_compression_ratio
   bi = block_importance(deep, np.asarray(text), np.asarray(mask), (hw, hw), [900, 700, 500, 300, 100])
-  bi.save(os.path.join(out, "importance.json"), os.path.join(out, "importance.png"))
+  if out:
+    bi.save(os.path.join(out, "importance.json"), os.path.join(out, "importance.png"))
   depth = deep.cfg.depth // 2
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   choices = {
       "importance": dict(depth=depth, importance=bi.scores),
       "drop_last": dict(blocks=list(range(depth))),
       "random": dict(blocks=sorted(rng.choice(deep.cfg.depth, depth, replace=False).tolist())),
   }
-  result = {"block_importance": bi.scores.tolist(), "full_model_val_loss": val_loss(deep, hb),
-            "full_model_score": evaluator_score(trainer, deep, cfg, eval_count, seed=7)}
+  score = lambda m: evaluator_score(trainer, m, cfg, eval_count, seed=100 + seed)
+  result = {"seed": seed, "block_importance": bi.scores.tolist(), "full_model_val_loss": val_loss(deep, hb),
+            "full_model_score": score(deep)}
   for name, kwargs in choices.items():
     pruned = prune(deep, **kwargs)
-    tuned, _ = trainer.train(pruned, finetune, data_seed=3)
+    tuned, _, _ = trainer.train(pruned, finetune, data_seed=10 * seed + 3)
     result[name] = {
+        "blocks": kwargs.get("blocks") or sorted(np.argsort(-bi.scores)[:depth].tolist()),
         "val_loss_before": val_loss(pruned, hb), "val_loss_after": val_loss(tuned, hb),
-        "score_before": evaluator_score(trainer, pruned, cfg, eval_count, seed=7),
-        "score_after": evaluator_score(trainer, tuned, cfg, eval_count, seed=7),
+        "score_before": score(pruned), "score_after": score(tuned),
     }
-    result[name]["blocks"] = kwargs.get("blocks") or sorted(np.argsort(-bi.scores)[:depth].tolist())
   return result
 
 
-def part_best_of_n(trainer, cfg, deep, num_prompts, max_n):
+def part_best_of_n(trainer, cfg, deep, num_prompts, max_n, judge, seed):
   """Generates max_n candidates per prompt once; the pick for N uses the first N of them."""
   prompts, specs = loop.heldout_shapes(cfg, num_prompts)
-  sampler = loop.make_sampler(nnx.graphdef(deep), trainer.autoencoder, trainer.text_encoder, cfg.sampling)
+  sampler = trainer.sampler(nnx.graphdef(deep))
   hw = cfg.data.image_size // trainer.autoencoder.spatial_compression_ratio
   params = nnx.state(deep)
-  cands = np.stack([sampler(params, [p] * max_n, 1000 + i, (hw, hw, cfg.model.in_channels))
+  cands = np.stack([sampler(params, [p] * max_n, 1000 * seed + i, (hw, hw, cfg.model.in_channels))
                     for i, p in enumerate(prompts)])  # [P, N, H, W, 3] in [-1, 1]
   correct = np.array([[shapes_eval.evaluate_image(im, s) for im in c] for c, s in zip(cands, specs)], float)
-  judge = diffusion_classifier_scores(trainer, deep, cands, prompts, cfg)  # [P, N]
-  result = {"num_prompts": num_prompts, "candidate_accuracy": float(correct.mean())}
+  picks = {"contrastive": np.stack([judge.scores(c, p) for c, p in zip(cands, prompts)]),  # [P, N]
+           "diffusion_classifier": diffusion_classifier_scores(trainer, deep, cands, prompts, cfg)}
+  result = {"seed": seed, "num_prompts": num_prompts, "candidate_accuracy": float(correct.mean())}
   n = 1
   while n <= max_n:
-    pick = np.argmax(judge[:, :n], axis=1)
-    result[f"N={n}"] = {"judge": float(correct[np.arange(num_prompts), pick].mean()),
-                        "oracle": float(correct[:, :n].max(axis=1).mean())}
+    row = {name: float(correct[np.arange(num_prompts), np.argmax(s[:, :n], axis=1)].mean()) for name, s in picks.items()}
+    row["oracle"] = float(correct[:, :n].max(axis=1).mean())
+    result[f"N={n}"] = row
     n *= 2
   return result
 
@@ -230,33 +270,125 @@ def _denoise_gain(model, latents, noise, sigma, text, mask, null, null_mask):
   return err(null, null_mask) - err(text, mask)
 
 
+def spread(values):
+  """{mean, std, values} over seeds (None entries, e.g. a target never reached, are counted apart)."""
+  got = [v for v in values if v is not None]
+  out = {"values": list(values)}
+  if got:
+    out.update(mean=float(np.mean(got)), std=float(np.std(got)))
+  if len(got) < len(values):
+    out["not_reached"] = len(values) - len(got)
+  return out
+
+
+def summarize(growth, pruning, best):
+  g = {k: spread([r[k] for r in growth]) for k in (
+      "scratch_final_smoothed_loss", "grown_final_smoothed_loss", "grown_deep_steps_to_scratch_loss",
+      "grown_deep_steps_to_scratch_score", "grown_block_steps_to_scratch_loss", "grown_block_steps_to_scratch_score")}
+  g["scratch_final_score"] = spread([r["scratch_scores"][-1][1] for r in growth])
+  g["grown_final_score"] = spread([r["grown_scores"][-1][1] for r in growth])
+  g["scratch_block_steps"] = growth[0]["scratch_block_steps"]
+  p = {"full_model_score": spread([r["full_model_score"] for r in pruning]),
+       "full_model_val_loss": spread([r["full_model_val_loss"] for r in pruning])}
+  for name in ("importance", "drop_last", "random"):
+    p[name] = {k: spread([r[name][k] for r in pruning])
+               for k in ("val_loss_before", "val_loss_after", "score_before", "score_after")}
+  b = {"candidate_accuracy": spread([r["candidate_accuracy"] for r in best])}
+  for key in [k for k in best[0] if k.startswith("N=")]:
+    b[key] = {name: spread([r[key][name] for r in best]) for name in best[0][key]}
+  return {"growth": g, "pruning": p, "best_of_n": b}
+
+
+def _fmt(entry, digits=3):
+  """'mean ± std (v1 / v2 / v3)' of a `spread` entry; '-' marks a seed that never reached the target."""
+  if "mean" not in entry:
+    return "not reached (" + " / ".join("-" for _ in entry["values"]) + ")"
+  values = " / ".join("-" if v is None else f"{v:.{digits}f}" for v in entry["values"])
+  return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f} ({values})"
+
+
+def report(results) -> str:
+  """The summary as the markdown tables docs/sana15_mini.md quotes."""
+  g, p, b = (results["summary"][k] for k in ("growth", "pruning", "best_of_n"))
+  steps = results["args"]["steps"]
+  lines = [f"seeds {results['args']['seeds']}; contrastive judge: {results['judge']}", "",
+           f"(i) growth, {steps} steps per phase (depth 4 from scratch: {2 * steps} steps = "
+           f"{g['scratch_block_steps']} block-steps)", "",
+           "| | mean ± std over seeds (per seed) |", "|---|---|",
+           f"| scratch final loss | {_fmt(g['scratch_final_smoothed_loss'], 4)} |",
+           f"| grown final loss | {_fmt(g['grown_final_smoothed_loss'], 4)} |",
+           f"| scratch final score | {_fmt(g['scratch_final_score'])} |",
+           f"| grown final score | {_fmt(g['grown_final_score'])} |",
+           f"| grown: deep steps to the scratch loss | {_fmt(g['grown_deep_steps_to_scratch_loss'], 0)} |",
+           f"| grown: block-steps to the scratch loss | {_fmt(g['grown_block_steps_to_scratch_loss'], 0)} |",
+           f"| grown: deep steps to the scratch score | {_fmt(g['grown_deep_steps_to_scratch_score'], 0)} |",
+           "", f"(ii) pruning to half depth; full model: loss {_fmt(p['full_model_val_loss'], 4)}, "
+           f"score {_fmt(p['full_model_score'])}", "",
+           "| kept blocks | loss before | loss after | score before | score after |", "|---|---|---|---|---|"]
+  for name in ("importance", "drop_last", "random"):
+    q = p[name]
+    lines.append(f"| {name} | {_fmt(q['val_loss_before'])} | {_fmt(q['val_loss_after'])} | "
+                 f"{_fmt(q['score_before'])} | {_fmt(q['score_after'])} |")
+  ns = [k for k in b if k.startswith("N=")]
+  lines += ["", f"(iii) best-of-N, candidate accuracy {_fmt(b['candidate_accuracy'])}", "",
+            "| N | " + " | ".join(k[2:] for k in ns) + " |", "|---|" + "---|" * len(ns)]
+  for judge in b[ns[0]]:
+    lines.append(f"| {judge} | " + " | ".join(f"{b[k][judge]['mean']:.3f} ± {b[k][judge]['std']:.3f}" for k in ns) + " |")
+  return "\n".join(lines)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--report", default="", help="only print the tables of this results.json")
   parser.add_argument("--out", default="docs/sana15_mini")
-  parser.add_argument("--steps", type=int, default=300, help="training steps per growth phase")
-  parser.add_argument("--finetune", type=int, default=100, help="fine-tune steps after pruning")
+  parser.add_argument("--steps", type=int, default=800, help="training steps per growth phase")
+  parser.add_argument("--finetune", type=int, default=200, help="fine-tune steps after pruning")
   parser.add_argument("--prompts", type=int, default=24, help="held-out prompts for best-of-N")
   parser.add_argument("--max_n", type=int, default=32)
   parser.add_argument("--eval_images", type=int, default=96)
-  parser.add_argument("--quick", action="store_true", help="a smoke run: 30 steps, few prompts")
+  parser.add_argument("--seeds", default="1,2,3")
+  parser.add_argument("--judge_steps", type=int, default=1500, help="contrastive judge fit (when <out>/judge is absent)")
+  parser.add_argument("--quick", action="store_true", help="a smoke run: 30 steps, few prompts, one seed")
   args = parser.parse_args()
+  if args.report:
+    with open(args.report) as f:
+      print(report(json.load(f)))
+    return
   if args.quick:
-    args.steps, args.finetune, args.prompts, args.max_n, args.eval_images = 30, 10, 4, 4, 16
+    args.steps, args.finetune, args.prompts, args.max_n, args.eval_images = 30, 10, 4, 4, 12
+    args.seeds, args.judge_steps = "1", 50
+  seeds = [int(s) for s in args.seeds.split(",")]
   os.makedirs(args.out, exist_ok=True)
+  t0 = time.time()
   cfg = bench_config()
   trainer = Trainer(cfg)
+  judge_dir = os.path.join(args.out, "judge")
+  if os.path.isdir(judge_dir):
+    judge = contrastive.load(judge_dir)
+  else:
+    judge = contrastive.fit(steps=args.judge_steps)
+    if not args.quick:
+      judge.save(judge_dir)
+  print(f"contrastive judge: {judge.report}", flush=True)
   hb = heldout_batch(trainer, cfg)
-  results = {"config": "tiny", "args": vars(args), "device": str(jax.devices()[0])}
-  t0 = time.time()
-  results["growth"], deep = part_growth(trainer, cfg, args.steps, args.out)
-  print(json.dumps(results["growth"], indent=1), flush=True)
-  results["pruning"] = part_pruning(trainer, cfg, deep, args.finetune, args.out, hb, args.eval_images)
-  print(json.dumps(results["pruning"], indent=1), flush=True)
-  results["best_of_n"] = part_best_of_n(trainer, cfg, deep, args.prompts, args.max_n)
-  print(json.dumps(results["best_of_n"], indent=1), flush=True)
-  results["seconds"] = time.time() - t0
+  results = {"config": "tiny", "args": vars(args), "device": str(jax.devices()[0]), "judge": judge.report,
+             "growth": [], "pruning": [], "best_of_n": []}
+  curves = {}
+  for seed in seeds:
+    growth, deep, curves[seed] = part_growth(trainer, cfg, args.steps, seed, args.eval_images)
+    results["growth"].append(growth)
+    print(json.dumps(growth), flush=True)
+    results["pruning"].append(part_pruning(trainer, cfg, deep, args.finetune, hb, args.eval_images, seed,
+                                           out=args.out if seed == seeds[0] else None))
+    print(json.dumps(results["pruning"][-1]), flush=True)
+    results["best_of_n"].append(part_best_of_n(trainer, cfg, deep, args.prompts, args.max_n, judge, seed))
+    print(json.dumps(results["best_of_n"][-1]), flush=True)
+  _plot_curves(args.out, curves)
+  results["summary"] = summarize(results["growth"], results["pruning"], results["best_of_n"])
+  results["seconds"] = round(time.time() - t0, 1)
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
+  print(report(results))
   print(f"done in {results['seconds']:.0f}s -> {args.out}/results.json")
 
 

@@ -47,7 +47,7 @@ flags.DEFINE_multi_string("lora", [], "A LoRA to apply, FILE or FILE:SCALE (a di
 flags.DEFINE_bool("vae_tiling", False, "Decode in tiles (bounded memory for very large images).")
 flags.DEFINE_integer("best_of", 0, "Inference-time scaling: sample N candidates per prompt and keep the "
                      "judge's best --keep (0: off). Uses --batch_size images per call (default 8).")
-flags.DEFINE_string("judge", None, "With --best_of: 'vlm:FOLDER', 'clip:FOLDER' or 'shapes'.")
+flags.DEFINE_string("judge", None, "With --best_of: 'vlm:FOLDER', 'clip:FOLDER', 'contrastive:FOLDER' or 'shapes'.")
 flags.DEFINE_integer("keep", 1, "With --best_of: winners kept per prompt.")
 for _name in ("prompts_file", "negative_prompt", "num_inference_steps", "guidance_scale",
               "num_images_per_prompt", "batch_size", "use_resolution_binning",
@@ -172,7 +172,7 @@ def run_best_of_n(pipe, prompts, settings, suggested, loras):
   """--best_of N: candidates from the pipeline, ranked by the judge (sana_jax.scaling.best_of_n)."""
   from sana_jax.scaling.best_of_n import pipeline_generate_fn, run_best_of_n_cli
   if not FLAGS.judge:
-    raise app.UsageError("--best_of needs --judge ('vlm:FOLDER', 'clip:FOLDER' or 'shapes')")
+    raise app.UsageError("--best_of needs --judge ('vlm:FOLDER', 'clip:FOLDER', 'contrastive:FOLDER' or 'shapes')")
   call = {k: v for k, v in settings.items() if k not in ("height", "width", "num_images_per_prompt")}
   generate = pipeline_generate_fn(pipe, settings["height"], settings["width"], **call)
   record = dict(checkpoint=os.path.abspath(FLAGS.checkpoint), dtype=FLAGS.dtype,

@@ -5,7 +5,10 @@ module abstractly (no weights allocated), checks the saved names and shapes agai
 same check as the safetensors readers (`tensors.check_names`), then reads each array straight into
 the target dtype.
 """
+import json
 import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -22,6 +25,22 @@ def save_state(state, dst) -> str:
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(dst, state, force=True)
   return dst
+
+
+def save_module_folder(module: nnx.Module, meta: dict, folder, meta_name: str, what: str) -> str:
+  """Writes `meta_name` (JSON of meta) and state/ (the module's Orbax state) to `folder`, which
+  must not exist, via a temporary sibling and one rename: the folder is complete or absent."""
+  folder = os.path.abspath(os.fspath(folder))
+  if os.path.exists(folder):
+    raise FileExistsError(f"{folder} exists; {what} folder is never overwritten")
+  partial = f"{folder}.partial-{os.getpid()}"
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  save_state(nnx.state(module), os.path.join(partial, "state"))
+  with open(os.path.join(partial, meta_name), "w") as f:
+    json.dump(meta, f, indent=2)
+  os.replace(partial, folder)
+  return folder
 
 
 def _saved_shapes(tree) -> dict:

@@ -139,20 +139,24 @@ def save_best_of_n(results: Sequence[BestOfNResult], out_dir: str, settings: dic
   return path
 
 
-JUDGES = ("vlm", "clip", "shapes")
+JUDGES = ("vlm", "clip", "contrastive", "shapes")
 
 
 def make_judge(spec: str, batch_size: int = 8):
-  """A judge from a command-line spec: "vlm:FOLDER" (yes/no VLM, knockout), "clip:FOLDER" (CLIP score)
-  or "shapes" (the shapes evaluator)."""
+  """A judge from a command-line spec: "vlm:FOLDER" (yes/no VLM, knockout), "clip:FOLDER" (CLIP score),
+  "contrastive:FOLDER" (the shapes image-caption scorer, scaling/contrastive.py) or "shapes" (the
+  shapes evaluator)."""
   kind, _, arg = spec.partition(":")
   if kind == "shapes" and not arg:
     return ShapesEvaluatorJudge()
-  if kind in ("vlm", "clip") and arg:
+  if kind in ("vlm", "clip", "contrastive") and arg:
     if not os.path.isdir(arg):
       raise FileNotFoundError(f"judge {spec!r}: {arg} is not a folder")
+    if kind == "contrastive":
+      from sana_jax.scaling import contrastive  # jax/flax: only when asked for
+      return contrastive.load(arg)
     return YesNoVLMJudge(arg, batch_size=batch_size) if kind == "vlm" else CLIPScoreJudge(arg, batch_size=batch_size)
-  raise ValueError(f"unknown judge {spec!r}; use 'vlm:FOLDER', 'clip:FOLDER' or 'shapes'")
+  raise ValueError(f"unknown judge {spec!r}; use 'vlm:FOLDER', 'clip:FOLDER', 'contrastive:FOLDER' or 'shapes'")
 
 
 def run_best_of_n_cli(pipe_or_generate, prompts: Sequence[str], n: int, judge: str, out_dir: str, *,

@@ -24,7 +24,6 @@ measured: docs/training.md ("A fitted autoencoder").
 import dataclasses
 import json
 import os
-import shutil
 import time
 
 import jax
@@ -121,18 +120,8 @@ def reconstruction_score(vae: ConvAutoencoder, cfg, count: int = 192) -> float:
 def save(vae: ConvAutoencoder, report: dict, folder) -> str:
   """Writes the autoencoder to `folder` (which must not exist) via a temporary sibling, so the
   folder is either complete or absent."""
-  folder = os.path.abspath(os.fspath(folder))
-  if os.path.exists(folder):
-    raise FileExistsError(f"{folder} exists; an autoencoder folder is never overwritten")
-  partial = f"{folder}.partial-{os.getpid()}"
-  shutil.rmtree(partial, ignore_errors=True)
-  os.makedirs(partial)
-  native.save_state(nnx.state(vae), os.path.join(partial, "state"))
   meta = {"kind": KIND, "config": dataclasses.asdict(vae.config), "fit": report}
-  with open(os.path.join(partial, _META), "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(partial, folder)
-  return folder
+  return native.save_module_folder(vae, meta, folder, _META, "an autoencoder")
 
 
 def load(folder, codecs_cfg=None) -> tuple[ConvAutoencoder, dict]:

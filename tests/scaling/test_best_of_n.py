@@ -144,7 +144,7 @@ def test_shapes_evaluator_judge_scores_a_faithful_render_above_a_blank_image():
 
 
 def test_make_judge_names_the_accepted_specs(tmp_path):
-  with pytest.raises(ValueError, match="'vlm:FOLDER', 'clip:FOLDER' or 'shapes'"):
+  with pytest.raises(ValueError, match="'vlm:FOLDER', 'clip:FOLDER', 'contrastive:FOLDER' or 'shapes'"):
     make_judge("gpt")
   with pytest.raises(FileNotFoundError, match="is not a folder"):
     make_judge(f"clip:{tmp_path / 'missing'}")
