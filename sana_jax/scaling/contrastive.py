@@ -139,8 +139,15 @@ class ContrastiveJudge(judges.PointwiseJudge):
     graphdef, state = nnx.split(scorer)
     cosine = jax.jit(lambda s, im, tx: (nnx.merge(graphdef, s).embed_images(im) @
                                         nnx.merge(graphdef, s).embed_text(tx)[0]))
-    super().__init__(lambda images, prompt: np.asarray(cosine(
-        state, jnp.asarray(_as_float(images)), self._text.encode([prompt])[0])), name="contrastive")
+    size = scorer.config.image_size
+
+    def score_fn(images, prompt):
+      images = _as_float(images)
+      if images.shape[1:3] != (size, size):
+        raise ValueError(f"the contrastive judge reads {size}x{size} images, got {images.shape[1]}x{images.shape[2]}")
+      return np.asarray(cosine(state, jnp.asarray(images), self._text.encode([prompt])[0]))
+
+    super().__init__(score_fn, name="contrastive")
 
   def save(self, folder) -> str:
     """Writes judge.json + state/ to `folder` (which must not exist) via a temporary sibling."""

@@ -51,6 +51,8 @@ def test_the_judge_saves_loads_and_never_overwrites(small_judge, tmp_path):
   with pytest.raises(FileExistsError, match="never overwritten"):
     small_judge.save(folder)
   assert not [p for p in os.listdir(tmp_path) if "partial" in p]
+  with pytest.raises(ValueError, match="reads 32x32 images, got 64x64"):
+    small_judge.scores(np.zeros((2, 64, 64, 3), np.uint8), "a circle")
   from_cli = make_judge(f"contrastive:{folder}")  # python -m sana_jax.sample --best_of N --judge contrastive:DIR
   np.testing.assert_allclose(from_cli.scores(images, "a circle"), small_judge.scores(images, "a circle"), rtol=1e-6, atol=1e-6)
 
