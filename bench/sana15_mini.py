@@ -95,7 +95,7 @@ def heldout_batch(trainer, cfg, count=64, seed=123):
   rng = np.random.default_rng(seed)
   from sana_jax.data import shapes
   images = np.stack([shapes.render(s, rng, cfg.data.image_size) for s in specs]).astype(np.float32) / 127.5 - 1
-  latents = trainer.autoencoder.encode(images) * trainer.autoencoder.scaling_factor
+  latents = loop.image_encoder(trainer.autoencoder)(images)
   text, mask = trainer.text_encoder.encode(prompts)
   u = jax.nn.sigmoid(jax.random.normal(jax.random.key(seed), (count,)))
   sigma = shift_sigma(u * 0.999, cfg.train.flow_shift)
@@ -248,7 +248,7 @@ def diffusion_classifier_scores(trainer, model, cands, prompts, cfg, timesteps=(
   """score = mean over t of ||v(x_t, null) - target||^2 - ||v(x_t, prompt) - target||^2: how much the
   prompt explains the image, judged by the model itself (not the evaluator)."""
   p, n = cands.shape[:2]
-  latents = trainer.autoencoder.encode(cands.reshape(p * n, *cands.shape[2:])) * trainer.autoencoder.scaling_factor
+  latents = loop.image_encoder(trainer.autoencoder)(cands.reshape(p * n, *cands.shape[2:]))
   text, mask = trainer.text_encoder.encode([q for q in prompts for _ in range(n)])
   null, null_mask = trainer.text_encoder.null_embedding()
   null = jnp.broadcast_to(null, text.shape)

@@ -84,7 +84,6 @@ def run(cfg, num_steps, seconds=None, codecs=None):
             "compile_s": round(compile_s, 1), "train_s": round(train_s, 1)}
   params = state.ema_params if state.ema_params is not None else state.params
   t1 = time.perf_counter()
-  codecs = (autoencoder, text_encoder)
   score, images = evaluate(cfg, graphdef, params, codecs)
   result.update(eval_s=round(time.perf_counter() - t1, 1), total_s=round(time.perf_counter() - t0, 1),
                 score=score, conditioning=conditioning_check(cfg, graphdef, params, codecs))

@@ -5,6 +5,7 @@ module abstractly (no weights allocated), checks the saved names and shapes agai
 same check as the safetensors readers (`tensors.check_names`), then reads each array straight into
 the target dtype.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -41,6 +42,27 @@ def save_module_folder(module: nnx.Module, meta: dict, folder, meta_name: str, w
     json.dump(meta, f, indent=2)
   os.replace(partial, folder)
   return folder
+
+
+def load_module_folder(folder, meta_name: str, config_cls, module_cls, what: str, kind: str | None = None):
+  """Reads a folder `save_module_folder` wrote -> (module, meta). meta["config"] builds
+  config_cls (a dataclass; a key it has no field for is an error), module_cls(config, rngs=...)
+  the module, restored from state/ without allocating it first. kind: meta["kind"] must equal it.
+  Anything unreadable is one CheckpointError naming `what`, the folder and the problem."""
+  folder = os.path.abspath(os.fspath(folder))
+  try:
+    with open(os.path.join(folder, meta_name)) as f:
+      meta = json.load(f)
+    if kind is not None and meta.get("kind") != kind:
+      raise ValueError(f"kind {meta.get('kind')!r} is not {kind!r}")
+    unknown = sorted(set(meta["config"]) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+      raise ValueError(f"{config_cls.__name__} has no fields {unknown}")
+    config = config_cls(**meta["config"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"{what} {folder}: cannot read {meta_name} ({type(e).__name__}: {e})") from None
+  abstract = nnx.eval_shape(lambda: module_cls(config, rngs=nnx.Rngs(0)))
+  return restore_module(abstract, os.path.join(folder, "state"), f"{what} {folder}"), meta
 
 
 def _saved_shapes(tree) -> dict:

@@ -34,14 +34,6 @@ class ConvAutoencoderConfig:
   def spatial_compression_ratio(self) -> int:
     return 2 ** (len(self.widths) - 1)
 
-  @classmethod
-  def from_dict(cls, d: dict) -> "ConvAutoencoderConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"ConvAutoencoderConfig has no fields {unknown}")
-    return cls(**d)
-
 
 def _conv(i, o, kernel=3, stride=1, *, rngs):
   return nnx.Conv(i, o, (kernel, kernel), strides=(stride, stride), padding="SAME", rngs=rngs)

@@ -21,7 +21,6 @@ specs are.
 Score: the cosine similarity of image and caption embeddings (higher is better).
 """
 import dataclasses
-import json
 import os
 import time
 
@@ -33,7 +32,6 @@ import tqdm
 from flax import nnx
 
 from sana_jax.convert import native
-from sana_jax.convert.tensors import CheckpointError
 from sana_jax.data import shapes
 from sana_jax.models.simple_codecs import WordEmbeddingTextEncoder
 from sana_jax.scaling import judges
@@ -51,12 +49,8 @@ class ContrastiveConfig:
   max_text_length: int = 16
   text_hidden: int = 256
 
-  @classmethod
-  def from_dict(cls, d: dict) -> "ContrastiveConfig":
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f"unknown contrastive judge config keys {sorted(unknown)}")
-    return cls(**{**d, "widths": tuple(d.get("widths", cls.widths))})
+  def __post_init__(self):
+    object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))  # JSON gives a list
 
 
 class ContrastiveScorer(nnx.Module):
@@ -161,17 +155,8 @@ def _as_float(images) -> np.ndarray:
 
 def load(folder) -> ContrastiveJudge:
   """-> the judge saved in `folder`; CheckpointError naming what is wrong."""
-  folder = os.path.abspath(os.fspath(folder))
-  try:
-    with open(os.path.join(folder, _META)) as f:
-      meta = json.load(f)
-    if meta.get("kind") != KIND:
-      raise ValueError(f"kind {meta.get('kind')!r} is not {KIND!r}")
-    config = ContrastiveConfig.from_dict(meta["config"])
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f"contrastive judge {folder}: cannot read {_META} ({type(e).__name__}: {e})") from None
-  abstract = nnx.eval_shape(lambda: ContrastiveScorer(config, rngs=nnx.Rngs(0)))
-  scorer = native.restore_module(abstract, os.path.join(folder, "state"), f"contrastive judge {folder}")
+  scorer, meta = native.load_module_folder(folder, _META, ContrastiveConfig, ContrastiveScorer, "contrastive judge",
+                                           kind=KIND)
   return ContrastiveJudge(scorer, meta.get("fit"))
 
 
@@ -193,6 +178,7 @@ def fit(steps: int = 1500, batch_size: int = 128, pool_size: int = 20_000, learn
   words = text_encoder(config)
   images, specs = _pool(pool_size, config, seed)
   captions = [s.caption for s in specs]
+  caption_ids = np.unique(captions, return_inverse=True)[1]  # equal captions, equal ids
   scorer = ContrastiveScorer(config, rngs=nnx.Rngs(seed))
   optimizer = nnx.Optimizer(scorer, optax.adam(learning_rate), wrt=nnx.Param)
 
@@ -219,7 +205,8 @@ def fit(steps: int = 1500, batch_size: int = 128, pool_size: int = 20_000, learn
   for i in bar:
     rows = rng.choice(pool_size, batch_size, replace=False)
     own = [captions[r] for r in rows]
-    same = np.array([[a == b and j != k for k, b in enumerate(own)] for j, a in enumerate(own)])
+    ids = caption_ids[rows]
+    same = (ids[:, None] == ids[None, :]) & ~np.eye(batch_size, dtype=bool)
     negatives = [hard_negative(specs[r], rng).caption for r in rows]
     losses.append(train_step(scorer, optimizer, jnp.asarray(images[rows]), words.encode(own)[0],
                              words.encode(negatives)[0], jnp.asarray(same)))

@@ -22,7 +22,6 @@ the transformer, as DC-AE's published factor does). Why the default job uses it,
 measured: docs/training.md ("A fitted autoencoder").
 """
 import dataclasses
-import json
 import os
 import time
 
@@ -128,15 +127,7 @@ def load(folder, codecs_cfg=None) -> tuple[ConvAutoencoder, dict]:
   """-> (the autoencoder saved in `folder`, its fit report); CheckpointError naming what is wrong.
   codecs_cfg: also check that it is the autoencoder these settings describe (`check_matches`)."""
   folder = os.path.abspath(os.fspath(folder))
-  meta_path = os.path.join(folder, _META)
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-    config = ConvAutoencoderConfig.from_dict(meta["config"])
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f"fitted autoencoder {folder}: cannot read {_META} ({type(e).__name__}: {e})") from None
-  abstract = nnx.eval_shape(lambda: ConvAutoencoder(config, rngs=nnx.Rngs(0)))
-  vae = native.restore_module(abstract, os.path.join(folder, "state"), f"fitted autoencoder {folder}")
+  vae, meta = native.load_module_folder(folder, _META, ConvAutoencoderConfig, ConvAutoencoder, "fitted autoencoder")
   if codecs_cfg is not None:
     check_matches(vae, codecs_cfg, folder)
   return vae, meta.get("fit", {})

@@ -133,8 +133,7 @@ def encode_batch(host_batch, autoencoder, text_encoder, in_step: bool = False) -
   if in_step:
     pixels = {"images": np.asarray(host_batch["images"], np.float32)}
   else:
-    pixels = {"latents": np.asarray(autoencoder.encode(host_batch["images"]) * autoencoder.scaling_factor,
-                                    np.float32)}
+    pixels = {"latents": np.asarray(image_encoder(autoencoder)(host_batch["images"]), np.float32)}
   text, mask = text_encoder.encode([str(c) for c in host_batch["captions"]])
   return {**pixels, "text": np.asarray(text, np.float32), "text_mask": np.asarray(mask, np.int32), **extra}
 
