@@ -8,7 +8,9 @@ prefetch thread while the step runs (its images encoded inside the step, as the 
 the loss read back only every 100 steps. Then samples
 `sampling.num_eval_images` held-out prompts and scores them with the shapes evaluator. Prints one
 JSON line: overrides, steps, steps/s, final loss (mean of the last 100 steps), train and eval wall
-seconds, compile seconds, the per-task scores and the conditioning check: the velocity loss on one
+seconds, compile seconds, the per-task scores, where each task's images fail
+(`shapes_eval.failure_breakdown`: too few / too many objects, right shapes and colours when the
+count is right) and the conditioning check: the velocity loss on one
 held-out batch at fixed noise levels with the right captions, the captions shifted by one example
 (shuffled) and the null prompt. A model that draws what it is told has right < shuffled; equal
 losses mean it ignores the caption's words. The figures in docs/training.md's ablation table come
@@ -86,8 +88,14 @@ def run(cfg, num_steps, seconds=None, codecs=None):
   t1 = time.perf_counter()
   score, images = evaluate(cfg, graphdef, params, codecs)
   result.update(eval_s=round(time.perf_counter() - t1, 1), total_s=round(time.perf_counter() - t0, 1),
-                score=score, conditioning=conditioning_check(cfg, graphdef, params, codecs))
+                score=score, failures=failures(cfg, images),
+                conditioning=conditioning_check(cfg, graphdef, params, codecs))
   return result, images, params, codecs
+
+
+def failures(cfg, images):
+  """shapes_eval.failure_breakdown of the held-out images `evaluate` drew."""
+  return shapes_eval.failure_breakdown(list(images), loop.heldout_shapes(cfg, len(images))[1])
 
 
 def conditioning_check(cfg, graphdef, params, codecs, sigmas=(0.5, 0.9, 0.99), batch_size=128):
@@ -155,8 +163,8 @@ def main():
   graphdef = train_state.model_graphdef(cfg.model)
   for setting in filter(None, args.sweep.split(";")):
     swept = apply_overrides(cfg.copy_and_resolve_references(), setting.split(","))
-    score, _ = evaluate(swept, graphdef, params, codecs)
-    print(json.dumps({"sampling": setting, "score": score}), flush=True)
+    score, images = evaluate(swept, graphdef, params, codecs)
+    print(json.dumps({"sampling": setting, "score": score, "failures": failures(swept, images)}), flush=True)
 
 
 if __name__ == "__main__":

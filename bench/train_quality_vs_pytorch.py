@@ -113,6 +113,7 @@ def main():
   args = parser.parse_args()
   cfg = train_ablation.apply_overrides(configs.get_config("tiny"), args.overrides)
   cfg.train.ema_decay = 0.0  # the PyTorch side keeps no EMA copy; compare raw weights
+  cfg.model.pooled_caption = False  # diffusers' model has no pooled-caption projection
   # Ours: the step budget is what fits in the wall time; a cosine schedule's length stays the config's.
   # Both train on the latents of the same autoencoder (fitted once here, outside both budgets).
   codecs = loop.build_codecs(cfg)

@@ -25,6 +25,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   m.cross_head_dim = 112          # cross-attention inner width = cross_num_heads * cross_head_dim
   m.caption_channels = 2304       # Gemma-2-2B hidden size
   m.mlp_ratio = 2.5
+  # Not in SANA: add the caption's mean token (projected) to the timestep embedding, so every
+  # block's modulation knows the whole caption (SD3's pooled text). Only False exports to diffusers.
+  m.pooled_caption = False
   m.qk_norm = False               # SANA 1.5: RMSNorm on q and k (self- and cross-attention)
   m.qk_norm_eps = 1e-5
   m.norm_eps = 1e-6

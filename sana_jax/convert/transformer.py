@@ -239,6 +239,10 @@ def config_to_diffusers(cfg) -> dict:
     raise CheckpointError(f"this model predicts the clean latent (model.prediction={cfg.prediction!r}); "
                           "diffusers' SanaTransformer2DModel and SanaPipeline read the output as the "
                           "velocity, so it cannot be exported for them")
+  if cfg.get("pooled_caption", False):
+    raise CheckpointError("this model adds the pooled caption to its timestep embedding "
+                          "(model.pooled_caption=True); diffusers' SanaTransformer2DModel has no such "
+                          "projection, so it cannot be exported for it")
   return {
       "_class_name": "SanaTransformer2DModel",
       "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,

@@ -135,6 +135,35 @@ def score_verdicts(per_image: Sequence[tuple[str, bool]]) -> dict[str, float]:
   return {**per_task, "overall": float(np.mean(list(per_task.values())))}
 
 
+def failure_breakdown(images: Iterable[np.ndarray],
+                      specs: Iterable[shapes_lib.SceneSpec | str]) -> dict[str, dict[str, float]]:
+  """Where each task's images fail, as shares of that task's images: {task: {"images": n,
+  "too_few" / "right_count" / "too_many": objects found vs objects asked for (every shape and
+  colour), "right_shapes": right count and the shapes asked for, "right_colours": right count and
+  the colours asked for (tasks whose captions name every colour only), "correct": the verdict}}."""
+  tallies: dict[str, dict[str, int]] = {}
+  colour_free = set()  # tasks with a caption that leaves some colour free
+  for image, spec in zip(images, map(_as_spec, specs), strict=True):
+    objects = detect_objects(image)
+    wanted = [g for g in spec.groups for _ in range(g.count)]
+    t = tallies.setdefault(spec.task, dict.fromkeys(
+        ("images", "too_few", "right_count", "too_many", "right_shapes", "right_colours", "correct"), 0))
+    t["images"] += 1
+    if any(g.color is None for g in spec.groups):
+      colour_free.add(spec.task)
+    t["too_few" if len(objects) < len(wanted) else "too_many" if len(objects) > len(wanted) else "right_count"] += 1
+    if len(objects) == len(wanted):
+      t["right_shapes"] += sorted(o.shape for o in objects) == sorted(g.shape for g in wanted)
+      t["right_colours"] += sorted(o.color for o in objects) == sorted(str(g.color) for g in wanted)
+    t["correct"] += evaluate_image(image, spec)
+  out = {}
+  for task in (t for t in shapes_lib.TASKS if t in tallies):
+    t = tallies[task]
+    out[task] = {"images": t["images"], **{k: round(v / t["images"], 3) for k, v in t.items()
+                                             if k != "images" and (k != "right_colours" or task not in colour_free)}}
+  return out
+
+
 def score_table(scores: dict[str, float], counts: dict[str, int] | None = None) -> str:
   """The scores as a small text table (task, accuracy[, images]), `overall` last."""
   rows = [(task, f"{value:.3f}", "" if counts is None else str(counts.get(task, "")))

@@ -1,8 +1,9 @@
 """The SANA linear diffusion transformer (SANA 1.0 and 1.5) in Flax NNX.
 
 One file, top to bottom as the forward pass runs: patch embedding, timestep and caption
-conditioning, a stack of `SanaBlock`s (linear self-attention, softmax cross-attention, Mix-FFN)
-run as one `lax.scan` over a stacked layer axis, and the modulated output head.
+conditioning (optionally with the pooled caption, `pooled_caption`), a stack of `SanaBlock`s
+(linear self-attention, softmax cross-attention, Mix-FFN) run as one `lax.scan` over a stacked
+layer axis, and the modulated output head.
 
 Call contract (every other part of sana_jax relies on it):
   model(latents [B, H, W, C_in], timesteps [B] in 0..1000, text [B, L, caption_channels],
@@ -319,6 +320,11 @@ class SanaTransformer(nnx.Module):
     self.caption_proj_2 = dense(d, d, ("mlp", "embed"), kernel_init=normal, **kw)
     self.caption_norm = RMSNorm(d, eps=1e-5, name="embed", param_dtype=pdtype,
                                 init_value=cfg.get("caption_norm_init", 1.0))
+    if cfg.get("pooled_caption", False):
+      # Not in SANA: the caption's mean token, projected and added to the timestep embedding, so
+      # that every block's modulation (and every image token) knows the whole caption, as SD3 adds
+      # its pooled text embedding. Zero-initialised: a new model is the same function without it.
+      self.pooled_proj = dense(d, d, ("embed", "mlp"), kernel_init=nnx.initializers.zeros_init(), **kw)
 
     @nnx.split_rngs(splits=cfg.depth)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -354,10 +360,14 @@ class SanaTransformer(nnx.Module):
   def embed_conditions(self, timesteps, text, text_mask):
     """-> (t [B, D], t0 [B, 6D], caption features [B, L, D], additive key bias [B, L] float32)."""
     t = self.t_embed_2(jax.nn.silu(self.t_embed_1(timestep_sinusoid(timesteps).astype(self.dtype))))
-    t0 = self.t_block(jax.nn.silu(t))
     text = self.caption_proj_2(jax.nn.gelu(self.caption_proj_1(text.astype(self.dtype)), approximate=True))
     text = self.caption_norm(text)
     text_bias = (1.0 - text_mask.astype(jnp.float32)) * _TEXT_MASK_BIAS
+    if hasattr(self, "pooled_proj"):  # model.pooled_caption: the mean of the caption's tokens
+      w = text_mask.astype(jnp.float32)[..., None]
+      pooled = (text.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)  # [B, D]
+      t = t + self.pooled_proj(jax.nn.silu(pooled.astype(t.dtype)))
+    t0 = self.t_block(jax.nn.silu(t))
     return t, t0, text, text_bias
 
   def embed_latents(self, latents):

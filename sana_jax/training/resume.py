@@ -31,6 +31,7 @@ OPTIMIZER_LAYOUT_FIELDS = ("name", "min_8bit_size", "block_size", "layer_axis_pa
 LORA_LAYOUT_FIELDS = ("rank", "alpha", "target_modules", "use_rslora")
 # Fields added to the config after runs were saved without them: the value such a run used.
 FIELDS_ADDED_LATER = {"codecs.scaling_factor": 1.0, "model.prediction": "velocity",
+                      "model.pooled_caption": False,
                       "sampling.guidance_interval": [0.0, 1.0],
                       # the fitted autoencoder's settings (used only with codecs.autoencoder="conv_fit")
                       "codecs.fit_widths": [16, 32, 32], "codecs.fit_latent_channels": 16,

@@ -92,3 +92,22 @@ def test_verdicts_per_image_give_the_score_and_a_table(examples):
   table = shapes_eval.score_table({"single_object": 1.0, "overall": 0.5}, {"single_object": 3})
   assert table.splitlines() == ["task           score  images", "single_object  1.000       3",
                                 "overall        0.500"]
+
+
+def test_failure_breakdown_says_whether_the_count_the_shapes_or_the_colours_went_wrong():
+  blank = np.full((32, 32, 3), shapes.BACKGROUND, np.uint8)
+  drawn_and_asked = [("a circle and a square", "a circle and a square"),  # right
+                     ("two circles", "a circle and a square"),  # right count, wrong shapes
+                     ("a circle and a square", "a circle"),  # one object too many
+                     ("a red circle", "a blue circle"),  # right count and shape, wrong colour
+                     ("a blue circle", "a blue circle")]  # right
+  images = [_image(drawn) for drawn, _ in drawn_and_asked] + [blank]
+  specs = [asked for _, asked in drawn_and_asked] + ["a red square"]  # nothing drawn: too few
+  out = shapes_eval.failure_breakdown(images, specs)
+  assert out["two_object"] == {"images": 2, "too_few": 0.0, "right_count": 1.0, "too_many": 0.0,
+                               "right_shapes": 0.5, "correct": 0.5}  # colour-free captions: no right_colours
+  assert out["single_object"] == {"images": 1, "too_few": 0.0, "right_count": 0.0, "too_many": 1.0,
+                                  "right_shapes": 0.0, "correct": 1.0}  # GenEval: other shapes may be there
+  assert out["colors"] == {"images": 3, "too_few": 0.333, "right_count": 0.667, "too_many": 0.0,
+                           "right_shapes": 0.667, "right_colours": 0.333, "correct": 0.333}
+  assert list(out) == ["single_object", "two_object", "colors"]  # in TASKS order

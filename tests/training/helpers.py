@@ -22,12 +22,14 @@ def tiny_config(**train_overrides):
 
 
 def tiny_model_config():
-  """The tiny preset's model as the 2-block, 48-channel velocity network that the mechanics tests (LoRA layers,
-  attention implementations, optimiser layouts) were written for: they count its blocks, and their
+  """The tiny preset's model as the 2-block, 48-channel velocity network without the pooled caption
+  that the mechanics tests (LoRA layers, attention implementations, optimiser layouts) were written
+  for: they count its blocks, and their
   absolute tolerances are for velocity outputs (an x0 model divides by sigma, up to 20x)."""
   cfg = configs.get_config("tiny").model
   # 48 channels: the 4x4 space-to-depth latents these tests were written for
-  cfg.update(depth=2, scan_unroll=2, prediction="velocity", in_channels=48, out_channels=48)
+  cfg.update(depth=2, scan_unroll=2, prediction="velocity", pooled_caption=False, in_channels=48,
+             out_channels=48)
   return cfg
 
 
