@@ -87,12 +87,16 @@ def fingerprint(params, mesh=None) -> str:
 
 
 ARCHITECTURE_KEYS = ("hidden_size", "depth", "patch_size", "in_channels", "out_channels", "caption_channels",
-                     "cross_num_heads", "cross_head_dim", "qk_norm", "mlp_ratio")
+                     "cross_num_heads", "cross_head_dim", "qk_norm", "mlp_ratio", "pooled_caption", "prediction")
+# What a config that predates a key meant by it (diffusers and NVlabs checkpoints: the first).
+_KEY_DEFAULTS = {"pooled_caption": False, "prediction": "velocity"}
 
 
 def check_architecture(source_cfg, model_cfg, path) -> None:
   """Raises ValueError naming each field where the checkpoint at `path` differs from model_cfg."""
-  diff = {k: (source_cfg[k], model_cfg[k]) for k in ARCHITECTURE_KEYS if source_cfg[k] != model_cfg[k]}
+  value = lambda c, k: c.get(k, _KEY_DEFAULTS[k]) if k in _KEY_DEFAULTS else c[k]
+  diff = {k: (value(source_cfg, k), value(model_cfg, k)) for k in ARCHITECTURE_KEYS
+          if value(source_cfg, k) != value(model_cfg, k)}
   if diff:
     raise ValueError(f"train.init_from={path!r} does not match model config (checkpoint, config): {diff}")
 

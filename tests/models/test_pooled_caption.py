@@ -71,3 +71,13 @@ def test_models_with_a_pooled_caption_are_not_exported_for_diffusers():
     config_to_diffusers(cfg.model)
   cfg.model.pooled_caption = False
   assert config_to_diffusers(cfg.model)["num_layers"] == cfg.model.depth
+
+
+def test_a_base_checkpoint_without_the_pooled_caption_is_refused_by_name():
+  from sana_jax.training.adapter import ARCHITECTURE_KEYS, check_architecture
+  cfg = tiny_config()  # pooled caption, x-prediction
+  older = {k: cfg.model[k] for k in ARCHITECTURE_KEYS if k not in ("pooled_caption", "prediction")}
+  with pytest.raises(ValueError, match=r"'pooled_caption': \(False, True\), 'prediction': \('velocity', 'x0'\)"):
+    check_architecture(older, cfg.model, "base")  # a config from before both keys: False, velocity
+  cfg.model.update(pooled_caption=False, prediction="velocity")
+  check_architecture(older, cfg.model, "base")
