@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sana_jax.training import sharding
+from sana_jax.training.resume import FIELDS_ADDED_LATER
 
 _SAMPLES_PER_ARRAY = 4096
 
@@ -88,13 +89,14 @@ def fingerprint(params, mesh=None) -> str:
 
 ARCHITECTURE_KEYS = ("hidden_size", "depth", "patch_size", "in_channels", "out_channels", "caption_channels",
                      "cross_num_heads", "cross_head_dim", "qk_norm", "mlp_ratio", "pooled_caption", "prediction")
-# What a config that predates a key meant by it (diffusers and NVlabs checkpoints: the first).
-_KEY_DEFAULTS = {"pooled_caption": False, "prediction": "velocity"}
 
 
 def check_architecture(source_cfg, model_cfg, path) -> None:
-  """Raises ValueError naming each field where the checkpoint at `path` differs from model_cfg."""
-  value = lambda c, k: c.get(k, _KEY_DEFAULTS[k]) if k in _KEY_DEFAULTS else c[k]
+  """Raises ValueError naming each field where the checkpoint at `path` differs from model_cfg (a
+  config without a field added later means what runs before it used: resume.FIELDS_ADDED_LATER)."""
+  def value(c, k):
+    later = "model." + k
+    return c.get(k, FIELDS_ADDED_LATER[later]) if later in FIELDS_ADDED_LATER else c[k]
   diff = {k: (value(source_cfg, k), value(model_cfg, k)) for k in ARCHITECTURE_KEYS
           if value(source_cfg, k) != value(model_cfg, k)}
   if diff:
