@@ -98,7 +98,11 @@ def _relation_holds(relation: str, first: Sequence[DetectedObject], second: Sequ
 def evaluate_image(image: np.ndarray, spec: shapes_lib.SceneSpec | str) -> bool:
   """Whether the image shows its spec (a SceneSpec, its JSON, or a caption) — GenEval's per-image verdict."""
   spec = _as_spec(spec)
-  objects = detect_objects(image)
+  return _verdict(detect_objects(image), spec)
+
+
+def _verdict(objects: Sequence[DetectedObject], spec: shapes_lib.SceneSpec) -> bool:
+  """evaluate_image's rule on objects already detected."""
   matched = [[o for o in objects if _matches(o, g)] for g in spec.groups]
   if any(len(m) != g.count for m, g in zip(matched, spec.groups)):
     return False
@@ -155,7 +159,7 @@ def failure_breakdown(images: Iterable[np.ndarray],
     if len(objects) == len(wanted):
       t["right_shapes"] += sorted(o.shape for o in objects) == sorted(g.shape for g in wanted)
       t["right_colours"] += sorted(o.color for o in objects) == sorted(str(g.color) for g in wanted)
-    t["correct"] += evaluate_image(image, spec)
+    t["correct"] += _verdict(objects, spec)  # the objects are read once per image
   out = {}
   for task in (t for t in shapes_lib.TASKS if t in tallies):
     t = tallies[task]
