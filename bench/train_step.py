@@ -83,6 +83,7 @@ def main():
   cfg = configs.get_config(args.config)
   cfg.model.depth = args.depth
   cfg.model.prediction = "velocity"  # the same network either way; diffusers' model returns velocity
+  cfg.model.pooled_caption = False  # tiny's default; diffusers' model has no pooled-caption projection
   cfg.optimizer.update(name="adamw", learning_rate=1e-4, warmup_steps=0, weight_decay=0.01, grad_clip=0.1)
   cfg.train.update(batch_size=args.batch, grad_accum_steps=1, ema_decay=0.0)
   m = cfg.model

@@ -46,6 +46,7 @@ def main():
   cfg = configs.get_config(args.config).model
   cfg.depth = args.depth
   cfg.prediction = "velocity"  # the same network either way; diffusers' model returns velocity
+  cfg.pooled_caption = False  # tiny's default; diffusers' model has no pooled-caption projection
   torch.manual_seed(0)
   ref = SanaTransformer2DModel(**{k: v for k, v in config_to_diffusers(cfg).items() if k != "_class_name"}).eval()
   model = model_from_state(cfg, state_from_source(dict_source(ref.state_dict()), cfg))

@@ -206,8 +206,7 @@ def _shifted_adds(padded, kernel, bias):
   """[B, H + 2, W + 2, C] (one extra row / column on each side) -> the 3x3 depthwise conv.
 
   Its gradient is written out (`_shifted_adds_bwd`): autodiff's kernel gradient (nine reductions
-  of sliced products over batch, rows and columns) ran at ~2 GFLOP/s on XLA:CPU; summed by a dot
-  with a ones vector it is ~1.8x faster, and the default model's train step 1.26x (docs/benchmarks.md).
+  of sliced products over batch, rows and columns) ran at ~2 GFLOP/s on XLA:CPU (docs/benchmarks.md).
   """
   return _shifted_sum(padded, kernel) + bias
 
@@ -218,14 +217,22 @@ def _shifted_adds_fwd(padded, kernel, bias):
 
 def _shifted_adds_bwd(residuals, g):
   padded, kernel, bias = residuals
-  height, width, channels = g.shape[1], g.shape[2], g.shape[3]
+  channels = g.shape[3]
   # d padded: the transposed conv, i.e. the same shifted sum over g padded by 2 with the kernel flipped.
   d_padded = _shifted_sum(jnp.pad(g, ((0, 0), (2, 2), (2, 2), (0, 0))), kernel[::-1, ::-1])
-  ones = jnp.ones((g.shape[0] * height * width,), g.dtype)
-  d_kernel = jnp.stack([jnp.dot(ones, (padded[:, i:i + height, j:j + width, :] * g).reshape(-1, channels))
-                        for i in range(3) for j in range(3)]).reshape(kernel.shape)
+  # d kernel[i, j] = sum over batch, rows, columns of window(i, j) * g. Written as nine separate
+  # products, XLA:CPU fuses g's producers (the GLU's backward, which recomputes this conv's forward)
+  # into each of them, i.e. nine times; a loop over the nine windows takes g as one materialised
+  # operand. Each window's sum is a dot with a ones vector (faster than a reduction on XLA:CPU).
+  ones = jnp.ones((g.size // channels,), g.dtype)
+
+  def window_gradient(carry, offset):
+    window = jax.lax.dynamic_slice(padded, (0, offset // 3, offset % 3, 0), g.shape)
+    return carry, jnp.dot(ones, (window * g).reshape(-1, channels))
+
+  _, d_kernel = jax.lax.scan(window_gradient, None, jnp.arange(9))
   d_bias = g.reshape(-1, channels).sum(0)
-  return d_padded.astype(padded.dtype), d_kernel.astype(kernel.dtype), d_bias.astype(bias.dtype)
+  return d_padded.astype(padded.dtype), d_kernel.reshape(kernel.shape).astype(kernel.dtype), d_bias.astype(bias.dtype)
 
 
 _shifted_adds.defvjp(_shifted_adds_fwd, _shifted_adds_bwd)
