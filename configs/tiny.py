@@ -1,6 +1,6 @@
 """tiny: a small SANA 1.5-style model for CPU runs, tests and the default training job.
 
-COMMAND: python -m sana_jax.train            (the default; 5-8 min on a 2-core AVX-512 VM, ~20 on AVX2 only)
+COMMAND: python -m sana_jax.train            (this config is the default; 5-8 min on a 2-core VM)
 Trains on the built-in 32x32 shapes data. Like SANA on DC-AE latents, the transformer trains on
 the latents of an autoencoder: a small conv autoencoder (32x32x3 -> 8x8x16) that the job fits to
 the shapes images first and keeps in <workdir>/autoencoder (docs/training.md, "A fitted
