@@ -5,7 +5,7 @@ setup(
     name="sana_jax",
     version="0.1.0",
     description="SANA 1.5 text-to-image linear DiT in JAX/Flax NNX: training, sampling, scaling.",
-    packages=find_packages(include=["sana_jax", "sana_jax.*"]),  # kernels/ and configs/ install as sana_jax.kernels, sana_jax.configs (symlinks)
+    packages=find_packages(include=["sana_jax", "sana_jax.*"]),  # configs/ installs as sana_jax.configs (symlink)
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10.2",

@@ -1,8 +1,8 @@
 """Benchmark ReLU linear attention against softmax attention: time and compiled peak memory.
 
 For N tokens at H x d heads (default 70 x 32, the 1.6B / 4.8B shape) it measures, forward and
-forward+backward: the XLA linear attention (impl="xla", token-chunked: kernels/xla_attention.py),
-the whole-array jnp reference it replaced (kernels/reference.py), softmax attention
+forward+backward: the XLA linear attention (impl="xla", token-chunked: sana_jax/kernels/xla_attention.py),
+the whole-array jnp reference it replaced (sana_jax/kernels/reference.py), softmax attention
 (`jax.nn.dot_product_attention`) and, on a TPU / GPU, the Pallas kernels. For the linear
 attentions it prints the share of a plain fp32 2048^2 matmul's FLOP/s measured right before each N
 (useful FLOPs: 4 B N H d^2 forward, 3x that forward+backward; target >= 25% at 4K and 16K). Memory is XLA's compiled estimate

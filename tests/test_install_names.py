@@ -1,6 +1,7 @@
-"""Installing sana_jax adds only `sana_jax` (kernels/ and configs/ become sana_jax.kernels and
-sana_jax.configs): importing diffusers next to it prints no kernel-hub warning, and the top-level
-names `kernels` / `configs` are not ours."""
+"""Installing sana_jax adds only `sana_jax` (configs/ becomes sana_jax.configs; the kernels live in
+sana_jax/kernels): importing diffusers next to it prints no kernel-hub warning, and the top-level
+names `kernels` / `configs` are not ours, neither installed nor from the repository root (where
+`python -m pytest` and the bench scripts run with the root on sys.path)."""
 import os
 import subprocess
 import sys
@@ -30,8 +31,7 @@ def test_setup_installs_only_sana_jax_packages():
 
 
 def test_diffusers_import_from_another_folder_has_no_kernels_warning(tmp_path):
-  # As installed: only the `sana_jax` package of this tree on the path (not the repository root,
-  # whose kernels/ and configs/ folders would otherwise be importable by those names).
+  # As installed: only the `sana_jax` package of this tree on the path (not the repository root).
   site = tmp_path / "site"
   site.mkdir()
   (site / "sana_jax").symlink_to(os.path.join(ROOT, "sana_jax"), target_is_directory=True)
@@ -41,3 +41,16 @@ def test_diffusers_import_from_another_folder_has_no_kernels_warning(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   assert "Failed to load" not in out.stderr and "kernels" not in out.stderr, out.stderr[-2000:]
   assert out.stdout.split("\n")[:3] == ["kernels not ours", "configs not ours", "sana_jax True"]
+
+
+def test_repository_root_shadows_no_installed_package():
+  # `python -m pytest`, `python bench/...` and `python -c` from a checkout put its root first on
+  # sys.path. transformers >= 5.2x imports the kernel-hub package `kernels` when loading any model
+  # class (diffusers' AutoencoderDC and LoRA loaders go through it): a top-level kernels/ folder in
+  # this repository made every such import fail here.
+  out = subprocess.run([sys.executable, "-c", PROBE.replace("import diffusers, transformers",
+                                                            "import diffusers, transformers\n"
+                                                            "from diffusers import AutoencoderDC"),
+                        os.path.realpath(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split("\n")[0] == "kernels not ours", out.stdout

@@ -10,7 +10,7 @@ Backward, with g = d out, r_i = 1 / (q'_i . z + eps):
     dv_j  = k'_j dS
 
 The work is split into two differentiable stages so a sequence-parallel caller can psum the state
-between them (kernels/sequence_parallel.py):
+between them (sequence_parallel.py):
     state(k, v) -> (S, z)     a reduction over tokens           backward: dk, dv   (one kernel)
     apply(q, S, z) -> out     independent per token tile        backward: dq, dS, dz (one kernel,
                                                                   dq per tile + a reduction)
