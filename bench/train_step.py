@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from sana_jax import configs
+from sana_jax import configs, host_memory
 from sana_jax.convert.transformer import config_to_diffusers, dict_source, model_from_state, state_from_source
 from sana_jax.optim.registry import build_optimizer
 from sana_jax.training import metrics, step, train_state
@@ -39,7 +39,12 @@ def timed(fn):
 def xla_flops(jitted, *args):
   """FLOPs of one call from XLA's cost analysis. XLA counts a loop body once whatever its trip
   count, so the layer scan is unrolled for this count only (the timed step keeps the scan)."""
-  with mock.patch.object(jax.lax, "scan", functools.partial(jax.lax.scan, unroll=True)):
+  scan = jax.lax.scan
+
+  def unrolled(*a, **kw):  # overrides an explicit unroll= too (the model passes model.scan_unroll)
+    return scan(*a, **{**kw, "unroll": True})
+
+  with mock.patch.object(jax.lax, "scan", unrolled):
     cost = jitted.lower(*args).cost_analysis()
   return (cost[0] if isinstance(cost, list) else cost)["flops"]
 
@@ -75,7 +80,11 @@ def main():
   ap.add_argument("--text_tokens", type=int, default=300)
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+  ap.add_argument("--retain_host_memory", action="store_true",
+                  help="sana_jax.host_memory.retain() first (process-wide: torch's allocations too)")
   args = ap.parse_args()
+  if args.retain_host_memory:
+    host_memory.retain()
   if args.threads:
     torch.set_num_threads(args.threads)
   from diffusers import SanaTransformer2DModel

@@ -10,9 +10,13 @@ measured in the same run.
 --sweep: widths 128 / 384 / 1152 (heads of 32, cross-attention heads of 64, the 600M config
 otherwise) at --sweep-depth blocks, 1K / 4K / 16K image tokens (32^2, 64^2, 128^2 latents at
 patch 1), batch 1 and 2, 300 text tokens; prints diffusers/ours per cell (targets: >= 1.5x where
-width <= 384 and tokens >= 4K, >= 1x everywhere). --quick: widths 128 and 384 at 1K and 4K only.
+width <= 384 and tokens >= 4K, >= 1x everywhere) and the page faults of one of our calls: XLA:CPU
+allocates each call's temporary buffer afresh, and glibc serves (and returns) blocks over 32 MB with
+mmap, so every call touches new pages (docs/benchmarks.md, "Where the forward's time goes").
+--quick: widths 128 and 384 at 1K and 4K only.
 """
 import argparse
+import resource
 import time
 
 import jax
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from sana_jax import configs
+from sana_jax import configs, host_memory
 from sana_jax.convert.transformer import config_to_diffusers, dict_source, model_from_state, state_from_source
 from sana_jax.training.metrics import forward_flops_per_image
 from timing import best_time, matmul_flops_per_s
@@ -33,10 +37,14 @@ def main():
   ap.add_argument("--depth", type=int, default=28)
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+  ap.add_argument("--retain_host_memory", action="store_true",
+                  help="sana_jax.host_memory.retain() first (process-wide: torch's allocations too)")
   ap.add_argument("--sweep", action="store_true", help="width x tokens x batch sweep")
   ap.add_argument("--sweep-depth", type=int, default=2)
   ap.add_argument("--quick", action="store_true", help="sweep: widths 128, 384 at 1K, 4K tokens")
   args = ap.parse_args()
+  if args.retain_host_memory:
+    host_memory.retain()
   if args.threads:
     torch.set_num_threads(args.threads)
   if args.sweep:
@@ -115,13 +123,16 @@ def _time_both(ref, forward, state, arrays, repeats):
 
   run_ours = lambda: forward(state, *args_j).block_until_ready()
   run_ours(), run_ref()  # compile / warm up
-  ours, theirs = [], []
+  ours, theirs, faults = [], [], 0
   for _ in range(repeats):  # alternate, so load from other processes falls on both alike
     for fn, times in ((run_ours, ours), (run_ref, theirs)):
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       start = time.perf_counter()
       fn()
       times.append(time.perf_counter() - start)
-  return min(ours), min(theirs)
+      if fn is run_ours:
+        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+  return min(ours), min(theirs), faults / repeats
 
 
 def sweep(args):
@@ -129,7 +140,8 @@ def sweep(args):
   sides = (32, 64) if args.quick else (32, 64, 128)
   print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); depth {args.sweep_depth}, fp32, 300 text tokens")
-  print(f"{'width':>5} {'tokens':>6} {'B':>2} {'ours ms':>9} {'diffusers ms':>12} {'diff/ours':>9}  target")
+  print(f"{'width':>5} {'tokens':>6} {'B':>2} {'ours ms':>9} {'diffusers ms':>12} {'diff/ours':>9}  target"
+        f"{'':15s} ours page faults/call")
   rng = np.random.default_rng(0)
   for width in widths:
     cfg = configs.get_config("SanaMS_600M_P1_D28").model
@@ -138,11 +150,11 @@ def sweep(args):
     ref, forward, state = _pair(cfg)
     for side in sides:
       for batch in (1, 2):
-        ours, theirs = _time_both(ref, forward, state, _inputs(cfg, batch, side, rng), args.repeats)
+        ours, theirs, faults = _time_both(ref, forward, state, _inputs(cfg, batch, side, rng), args.repeats)
         target = 1.5 if width <= 384 and side * side >= 4096 else 1.0
         met = "met" if theirs / ours >= target else "NOT met"
         print(f"{width:5d} {side * side:6d} {batch:2d} {ours * 1e3:9.1f} {theirs * 1e3:12.1f} "
-              f"{theirs / ours:8.2f}x  >= {target}x {met}", flush=True)
+              f"{theirs / ours:8.2f}x  >= {target}x {met:8s} {faults:10.0f}", flush=True)
 
 
 if __name__ == "__main__":

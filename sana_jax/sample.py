@@ -19,7 +19,7 @@ import re
 
 from absl import app, flags
 
-from sana_jax import cli, compilation_cache
+from sana_jax import cli, compilation_cache, host_memory
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Pipeline folder, sana_jax export or training workdir.", required=True)
@@ -100,6 +100,7 @@ def _slug(text, limit=40):
 
 
 def main(argv):
+  host_memory.setup_from_flags()  # before JAX starts its CPU client
   compilation_cache.enable()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -158,6 +159,7 @@ def main(argv):
                 model=cfg.name, checkpoint_settings=suggested, lora=loras, **settings, images=images_info,
                 timings=timings)
   record["compilation_cache"] = compilation_cache.current()
+  record["retain_host_memory"] = host_memory.retained()
   with open(os.path.join(FLAGS.out, "settings.json"), "w") as f:
     json.dump(record, f, indent=2)
   if FLAGS.grid:

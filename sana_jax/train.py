@@ -10,7 +10,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from sana_jax import cli, compilation_cache, configs
+from sana_jax import cli, compilation_cache, configs, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(configs.__file__), "tiny.py"),
@@ -20,6 +20,7 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(argv):
+  host_memory.setup_from_flags()  # before JAX starts its CPU client
   compilation_cache.enable()
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]} (config values go as --config.a.b=value)")
