@@ -47,7 +47,8 @@ def test_repository_root_shadows_no_installed_package():
   # `python -m pytest`, `python bench/...` and `python -c` from a checkout put its root first on
   # sys.path. transformers >= 5.2x imports the kernel-hub package `kernels` when loading any model
   # class (diffusers' AutoencoderDC and LoRA loaders go through it): a top-level kernels/ folder in
-  # this repository made every such import fail here.
+  # this repository made every such import fail here. AutoencoderDC is imported only in this probe:
+  # loading it makes bitsandbytes warn about its own hub kernels, which the test above rules out.
   out = subprocess.run([sys.executable, "-c", PROBE.replace("import diffusers, transformers",
                                                             "import diffusers, transformers\n"
                                                             "from diffusers import AutoencoderDC"),
