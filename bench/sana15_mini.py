@@ -39,6 +39,7 @@ from sana_jax import configs  # noqa: E402
 from sana_jax.data import pipeline, shapes_eval  # noqa: E402
 from sana_jax.optim.registry import build_optimizer, make_schedule  # noqa: E402
 from sana_jax.scaling import block_importance, contrastive, grow, prune  # noqa: E402
+from sana_jax.scaling.best_of_n import selection_curve  # noqa: E402
 from sana_jax.training import host, loop, step, train_state  # noqa: E402
 from sana_jax.training.objective import noisy_latents, shift_sigma  # noqa: E402
 
@@ -238,10 +239,11 @@ def part_best_of_n(trainer, cfg, deep, num_prompts, max_n, judge, seed):
   picks = {"contrastive": np.stack([judge.scores(c, p) for c, p in zip(cands, prompts)]),  # [P, N]
            "diffusion_classifier": diffusion_classifier_scores(trainer, deep, cands, prompts, cfg)}
   result = {"seed": seed, "num_prompts": num_prompts, "candidate_accuracy": float(correct.mean())}
+  curves = {name: selection_curve(s, correct, max_n) for name, s in picks.items()}
   n = 1
   while n <= max_n:
-    row = {name: float(correct[np.arange(num_prompts), np.argmax(s[:, :n], axis=1)].mean()) for name, s in picks.items()}
-    row["oracle"] = float(correct[:, :n].max(axis=1).mean())
+    row = {name: curve[f"N={n}"]["judge"] for name, curve in curves.items()}
+    row["oracle"] = curves["contrastive"][f"N={n}"]["oracle"]
     result[f"N={n}"] = row
     n *= 2
   return result

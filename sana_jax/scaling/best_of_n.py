@@ -139,6 +139,33 @@ def save_best_of_n(results: Sequence[BestOfNResult], out_dir: str, settings: dic
   return path
 
 
+def selection_curve(scores, correct, max_n: int | None = None) -> dict:
+  """How well a judge picks, measured against per-candidate verdicts.
+
+  scores, correct: [P, N] (a judge's score and whether candidate j of prompt p is right). For
+  N = 1, 2, 4, ... up to max_n (default: all N), "N=n" -> {"judge": accuracy of the judge's pick
+  among the first n candidates, "oracle": share of prompts with a right one among them}; and
+  "pair_auc": how often a right candidate outscores a wrong one of the same prompt (0.5 = chance;
+  over the prompts that have both).
+  """
+  scores, correct = np.asarray(scores, np.float64), np.asarray(correct, bool)
+  if scores.shape != correct.shape or scores.ndim != 2 or scores.size == 0:
+    raise ValueError(f"scores and correct must be equal non-empty [P, N] arrays, got {scores.shape} and {correct.shape}")
+  prompts, total = scores.shape
+  max_n = total if max_n is None else int(max_n)
+  if not 1 <= max_n <= total:
+    raise ValueError(f"max_n must be in 1..{total}, got {max_n}")
+  out, n = {}, 1
+  while n <= max_n:
+    pick = np.argmax(scores[:, :n], axis=1)
+    out[f"N={n}"] = {"judge": float(correct[np.arange(prompts), pick].mean()),
+                     "oracle": float(correct[:, :n].any(axis=1).mean())}
+    n *= 2
+  pairs = [(s[c][:, None] > s[~c][None, :]).mean() for s, c in zip(scores, correct) if c.any() and not c.all()]
+  out["pair_auc"] = float(np.mean(pairs)) if pairs else None
+  return out
+
+
 JUDGES = ("vlm", "clip", "contrastive", "shapes")
 
 

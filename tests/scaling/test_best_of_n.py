@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sana_jax.scaling.best_of_n import (best_of_n, generate_candidates, make_judge, pipeline_generate_fn,
-                                        save_best_of_n)
+                                        save_best_of_n, selection_curve)
 from sana_jax.scaling.judges import (CLIPScoreJudge, ShapesEvaluatorJudge, Verdict, YesNoVLMJudge, first_wins,
                                      knockout)
 from tests.scaling.builders import save_tiny_clip, save_tiny_llava, tiny_pipeline
@@ -44,6 +44,24 @@ def test_best_of_n_with_a_score_callable_keeps_the_top_scores():
   assert r.seeds == [3, 4, 5, 6, 7, 8]
   assert r.winners == [5, 4] and r.ranking == [5, 4, 3, 2, 1, 0]
   np.testing.assert_array_equal(r.images[:, 0, 0, 0], [8, 7])
+
+
+def test_selection_curve_counts_the_judges_picks_the_oracle_and_pairs():
+  correct = np.array([[0, 1, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1]], bool)
+  scores = np.array([[0.9, 0.5, 0.1, 0.0],    # the judge prefers the wrong first candidate
+                     [0.1, 0.2, 0.3, 0.8],    # and finds the right fourth
+                     [0.0, 0.0, 0.0, 0.0]])
+  curve = selection_curve(scores, correct)
+  assert curve["N=1"] == {"judge": 1 / 3, "oracle": 1 / 3}
+  assert curve["N=2"] == {"judge": 1 / 3, "oracle": 2 / 3}  # prompt 0: 0.9 beats the right 0.5
+  assert curve["N=4"] == {"judge": 2 / 3, "oracle": 1.0}
+  assert "N=8" not in curve and list(selection_curve(scores, correct, max_n=2)) == ["N=1", "N=2", "pair_auc"]
+  # prompt 0: the right one beats 2 of 3 wrong ones; prompt 1: 3 of 3; prompt 2 has no wrong one
+  assert curve["pair_auc"] == pytest.approx((2 / 3 + 1) / 2)
+  with pytest.raises(ValueError, match="max_n must be in 1..4"):
+    selection_curve(scores, correct, max_n=5)
+  with pytest.raises(ValueError, match="equal non-empty"):
+    selection_curve(scores[:, :2], correct)
 
 
 def test_save_best_of_n_writes_winners_and_the_full_ranking(tmp_path):
