@@ -9,7 +9,7 @@ saved one in --judge) prints one JSON line: the accuracy of its pick among the f
 for N = 1, 2, 4, ... ("judge") next to the oracle's (any right candidate among them), "pair_auc"
 (how often a right candidate of a prompt outscores a wrong one: 0.5 = chance), the per-task
 accuracy of its picks at the largest N, and how often its picks have the number of objects the
-caption asks for (against the candidates'). Then a markdown table of the curves.
+caption asks for (overall and per task, against the candidates'). Then a markdown table of the curves.
 
 The evaluator only marks candidates here (and counts objects); the judges never see it.
 """
@@ -52,6 +52,8 @@ def judge_report(name, judge, images, prompts, specs, correct, counts):
   return {"judge": name, **selection_curve(scores, correct),
           "picks_per_task": {t: round(float(hits[tasks == t].mean()), 3) for t in dict.fromkeys(tasks)},
           "picks_right_count": round(float(counts[rows, pick].mean()), 3),
+          "picks_right_count_per_task": {t: round(float(counts[rows, pick][tasks == t].mean()), 3)
+                                         for t in dict.fromkeys(tasks)},
           "candidates_right_count": round(float(counts.mean()), 3)}
 
 
