@@ -1,6 +1,7 @@
 """Score a training workdir's newest checkpoint with the shapes evaluator over several sampling seeds.
 
     python bench/score_run.py WORKDIR [--seeds 1,2,3] ["sampling.guidance_interval=(0.0,0.7)" ...]
+    python bench/score_run.py WORKDIR --binding
 
 Each positional setting is one set of sampling overrides ('|'-separated fields, values as Python
 literals; "" = the run's own settings); for each it samples the run's `sampling.num_eval_images`
@@ -16,7 +17,7 @@ from flax import nnx
 
 from sana_jax.convert.training_run import load_training_run
 from sana_jax.training import loop
-from train_ablation import apply_overrides, make_evaluator
+from train_ablation import apply_overrides, binding_check, make_evaluator
 
 
 def score(run, overrides, seeds, codecs):
@@ -34,9 +35,15 @@ def main():
   parser.add_argument("workdir")
   parser.add_argument("--seeds", default="1,2,3", help="comma-separated sampling seeds")
   parser.add_argument("settings", nargs="*", help="sampling overrides, '|'-separated; \"\" = the run's own")
+  parser.add_argument("--binding", action="store_true",
+                      help="instead print train_ablation.binding_check: right vs binding-swapped captions")
   args = parser.parse_intermixed_args()
   run = load_training_run(args.workdir)
   codecs = loop.build_codecs(run.config, run.workdir, allow_fit=False)  # the run's own (fitted) autoencoder
+  if args.binding:
+    graphdef, params = nnx.split(run.transformer)
+    print(json.dumps({"step": run.step, "binding": binding_check(run.config, graphdef, params, codecs)}))
+    return
   for setting in args.settings or [""]:
     overrides = [s for s in setting.split("|") if s]
     seeds = [int(x) for x in args.seeds.split(",")]
