@@ -14,8 +14,8 @@ count is right) and the conditioning check: the velocity loss on one
 held-out batch at fixed noise levels with the right captions, the captions shifted by one example
 (shuffled) and the null prompt. A model that draws what it is told has right < shuffled; equal
 losses mean it ignores the caption's words. And the binding check (`binding_check`): the same on
-colour attribution and position renders with the caption's binding swapped (same words). The figures in docs/training.md's ablation table come
-from this script.
+colour attribution and position renders with the caption's binding swapped (same words). The
+figures in docs/training.md's ablation table come from this script.
 """
 import argparse
 import ast
