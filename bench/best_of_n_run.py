@@ -25,18 +25,14 @@ from sana_jax.data import shapes_eval
 from sana_jax.scaling import contrastive
 from sana_jax.scaling.best_of_n import selection_curve
 from sana_jax.training import loop
+from train_ablation import heldout_sampler
 
 
 def candidates(run, codecs, n, seed):
   """-> (images float [P, N, H, W, 3] in [-1, 1], prompts, specs) for the run's held-out prompts."""
-  cfg = run.config
-  autoencoder, text_encoder = codecs
   graphdef, params = nnx.split(run.transformer)
-  sampler = loop.make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
-  prompts, specs = loop.heldout_shapes(cfg, cfg.sampling.num_eval_images)
-  hw = cfg.data.image_size // autoencoder.spatial_compression_ratio
-  images = [sampler(params, prompts, seed + j, (hw, hw, cfg.model.in_channels)) for j in range(n)]
-  return np.stack(images, axis=1), prompts, specs
+  draw, prompts, specs = heldout_sampler(run.config, graphdef, codecs)
+  return np.stack([draw(params, seed + j) for j in range(n)], axis=1), prompts, specs
 
 
 def right_count(image, spec) -> bool:
@@ -48,12 +44,11 @@ def judge_report(name, judge, images, prompts, specs, correct, counts):
   pick = np.argmax(scores, axis=1)
   rows = np.arange(len(prompts))
   tasks = np.asarray([s.task for s in specs])
-  hits = correct[rows, pick]
-  return {"judge": name, **selection_curve(scores, correct),
-          "picks_per_task": {t: round(float(hits[tasks == t].mean()), 3) for t in dict.fromkeys(tasks)},
-          "picks_right_count": round(float(counts[rows, pick].mean()), 3),
-          "picks_right_count_per_task": {t: round(float(counts[rows, pick][tasks == t].mean()), 3)
-                                         for t in dict.fromkeys(tasks)},
+  hits, picked_counts = correct[rows, pick], counts[rows, pick]
+  per_task = lambda values: {t: round(float(values[tasks == t].mean()), 3) for t in dict.fromkeys(tasks)}
+  return {"judge": name, **selection_curve(scores, correct), "picks_per_task": per_task(hits),
+          "picks_right_count": round(float(picked_counts.mean()), 3),
+          "picks_right_count_per_task": per_task(picked_counts),
           "candidates_right_count": round(float(counts.mean()), 3)}
 
 
@@ -84,7 +79,8 @@ def main():
     reports.append(judge_report(name, judge, images, prompts, specs, correct, counts))
     print(json.dumps(reports[-1]), flush=True)
   ns = [k for k in reports[0] if k.startswith("N=")]
-  print("\n| pick | " + " | ".join(ns) + " | pair AUC |\n|---" * 1 + "|---" * (len(ns) + 1) + "|")
+  print("\n| pick | " + " | ".join(ns) + " | pair AUC |")
+  print("|---" * (len(ns) + 2) + "|")
   for r in reports:
     print(f"| {r['judge']} | " + " | ".join(f"{r[k]['judge']:.3f}" for k in ns) + f" | {r['pair_auc']:.3f} |")
   print("| oracle | " + " | ".join(f"{reports[0][k]['oracle']:.3f}" for k in ns) + " | |")

@@ -168,18 +168,29 @@ def binding_check(cfg, graphdef, params, codecs, count=256, sigmas=(0.3, 0.6, 0.
   return out
 
 
-def make_evaluator(cfg, graphdef, codecs):
-  """-> evaluate(params, seed): samples cfg.sampling.num_eval_images held-out prompts with the
-  loop's sampler (compiled once, whatever the seed) and scores them with the shapes evaluator ->
-  ({task: accuracy, "overall": mean} unrounded, images [N, H, W, 3]). codecs: the run's
-  (autoencoder, text_encoder), from `loop.build_codecs` (a fitted autoencoder is fitted once)."""
+def heldout_sampler(cfg, graphdef, codecs):
+  """-> (draw, prompts, specs): draw(params, seed) samples images [N, H, W, 3] in [-1, 1] of the
+  cfg.sampling.num_eval_images held-out prompts with the loop's sampler (compiled once, whatever
+  the seed). codecs: the run's (autoencoder, text_encoder), from `loop.build_codecs`."""
   autoencoder, text_encoder = codecs
   latent_hw = cfg.data.image_size // autoencoder.spatial_compression_ratio
   sampler = loop.make_sampler(graphdef, autoencoder, text_encoder, cfg.sampling)
   prompts, specs = loop.heldout_shapes(cfg, cfg.sampling.num_eval_images)
 
+  def draw(params, seed):
+    return sampler(params, prompts, seed, (latent_hw, latent_hw, cfg.model.in_channels))
+
+  return draw, prompts, specs
+
+
+def make_evaluator(cfg, graphdef, codecs):
+  """-> evaluate(params, seed): `heldout_sampler`'s images scored with the shapes evaluator ->
+  ({task: accuracy, "overall": mean} unrounded, images [N, H, W, 3]). codecs: the run's
+  (autoencoder, text_encoder), from `loop.build_codecs` (a fitted autoencoder is fitted once)."""
+  draw, _, specs = heldout_sampler(cfg, graphdef, codecs)
+
   def evaluate(params, seed):
-    images = sampler(params, prompts, seed, (latent_hw, latent_hw, cfg.model.in_channels))
+    images = draw(params, seed)
     return shapes_eval.score(list(images), specs), images
 
   return evaluate
