@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from timing import add_retain_flag, retain_if_asked  # noqa: E402
 
 SMALL_VAE = dict(
     in_channels=3, latent_channels=32, attention_head_dim=16,
@@ -83,7 +84,9 @@ def main():
   ap.add_argument("--size", type=int, default=256, help="image height and width in pixels")
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--repeats", type=int, default=2)
+  add_retain_flag(ap)
   args = ap.parse_args()
+  retain_if_asked(args)
   import jax
 
   from sana_jax.sampling.pipeline import SanaPipeline

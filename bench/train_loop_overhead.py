@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import train_ablation  # noqa: E402
+from timing import add_retain_flag, retain_if_asked  # noqa: E402
 from sana_jax import configs  # noqa: E402
 from sana_jax.data import pipeline  # noqa: E402
 from sana_jax.optim.registry import build_optimizer, make_schedule  # noqa: E402
@@ -83,8 +84,10 @@ def main():
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--log_every", type=int, default=50)
   parser.add_argument("--rounds", type=int, default=2)
+  add_retain_flag(parser)
   parser.add_argument("overrides", nargs="*", help="config fields, as in bench/train_ablation.py")
   args = parser.parse_args()
+  retain_if_asked(args)
   cfg = train_ablation.apply_overrides(configs.get_config(args.config), args.overrides)
   cfg.train.update(num_steps=args.steps + args.log_every, log_every=args.log_every,
                    checkpoint_every=10 ** 9, sample_every=0)

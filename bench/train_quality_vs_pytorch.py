@@ -1,6 +1,6 @@
 """Ours vs PyTorch on the default job: same model, data, objective, optimiser, sampler and wall time.
 
-  python bench/train_quality_vs_pytorch.py --seconds=300
+  python bench/train_quality_vs_pytorch.py --seconds=300 [--retain_host_memory]
 
 Both sides train configs/tiny.py's architecture from the same initial weights for the same wall
 time (compilation included for ours) on the same CPU, one after the other in this process:
@@ -28,6 +28,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(__file__))
 import train_ablation  # noqa: E402
+from timing import add_retain_flag, retain_if_asked  # noqa: E402
 
 from sana_jax import configs  # noqa: E402
 from sana_jax.convert import transformer as convert  # noqa: E402
@@ -109,8 +110,10 @@ def train_torch(cfg, init_params, graphdef, seconds, codecs):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seconds", type=float, default=300.0, help="wall time each side trains")
+  add_retain_flag(parser)
   parser.add_argument("overrides", nargs="*", help="config fields, as in bench/train_ablation.py")
   args = parser.parse_args()
+  retain_if_asked(args)
   cfg = train_ablation.apply_overrides(configs.get_config("tiny"), args.overrides)
   cfg.train.ema_decay = 0.0  # the PyTorch side keeps no EMA copy; compare raw weights
   cfg.model.pooled_caption = False  # diffusers' model has no pooled-caption projection

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from flax import nnx
 
-from sana_jax import configs, host_memory
+from sana_jax import configs
 from sana_jax.convert.transformer import config_to_diffusers, dict_source, model_from_state, state_from_source
 from sana_jax.optim.registry import build_optimizer
 from sana_jax.training import metrics, step, train_state
 from sana_jax.training.objective import NUM_TRAIN_TIMESTEPS, shift_sigma
-from timing import matmul_flops_per_s
+from timing import add_retain_flag, matmul_flops_per_s, retain_if_asked
 
 
 def timed(fn):
@@ -80,11 +80,9 @@ def main():
   ap.add_argument("--text_tokens", type=int, default=300)
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-  ap.add_argument("--retain_host_memory", action="store_true",
-                  help="sana_jax.host_memory.retain() first (process-wide: torch's allocations too)")
+  add_retain_flag(ap)
   args = ap.parse_args()
-  if args.retain_host_memory:
-    host_memory.retain()
+  retain_if_asked(args)
   if args.threads:
     torch.set_num_threads(args.threads)
   from diffusers import SanaTransformer2DModel

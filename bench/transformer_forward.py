@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from flax import nnx
 
-from sana_jax import configs, host_memory
+from sana_jax import configs
 from sana_jax.convert.transformer import config_to_diffusers, dict_source, model_from_state, state_from_source
 from sana_jax.training.metrics import forward_flops_per_image
-from timing import best_time, matmul_flops_per_s
+from timing import add_retain_flag, best_time, matmul_flops_per_s, retain_if_asked
 
 
 def main():
@@ -37,14 +37,12 @@ def main():
   ap.add_argument("--depth", type=int, default=28)
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-  ap.add_argument("--retain_host_memory", action="store_true",
-                  help="sana_jax.host_memory.retain() first (process-wide: torch's allocations too)")
+  add_retain_flag(ap)
   ap.add_argument("--sweep", action="store_true", help="width x tokens x batch sweep")
   ap.add_argument("--sweep-depth", type=int, default=2)
   ap.add_argument("--quick", action="store_true", help="sweep: widths 128, 384 at 1K, 4K tokens")
   args = ap.parse_args()
-  if args.retain_host_memory:
-    host_memory.retain()
+  retain_if_asked(args)
   if args.threads:
     torch.set_num_threads(args.threads)
   if args.sweep:

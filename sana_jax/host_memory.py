@@ -1,39 +1,50 @@
 """Keep freed host memory inside the process, so XLA:CPU's large buffers stop page-faulting.
 
-XLA:CPU allocates each execution's temporary buffer (and its outputs) afresh. glibc serves blocks
-larger than its mmap threshold (at most 32 MB) with `mmap` and hands them back to the kernel on
-`free`, and blocks that worker threads ask for come from per-thread arenas that also map large
-blocks directly; so every call of a large program touches fresh pages, and the kernel zeroes each
-one on its first touch (151k page faults, ~600 MB, per call of a width-384 forward at 4K tokens
-and batch 2; 220-250 ms of its ~500 ms in the kernel).
+XLA:CPU allocates each execution's temporary buffer (and its outputs) afresh: one block of the
+program's whole buffer assignment (117 MB for the default tiny train step). glibc serves blocks
+above its mmap threshold (at most 32 MB) with `mmap` and hands them back to the kernel on `free`,
+so every call touches fresh pages and the kernel zeroes each one on first touch (30k page faults,
+~60 ms of system time, per default train step; 151k per width-384 forward at 4K tokens, batch 2).
+And with asynchronous dispatch a call runs on one of the client's worker threads, whose malloc
+arena is not the main one: a block too large for such an arena's 64 MB heaps is always mapped
+with `mmap`, whatever `M_MMAP_MAX` says (glibc's `sysmalloc` falls back to it).
 
-`retain()` tells glibc (`mallopt`) to keep one arena, never to serve a block with `mmap` and never
-to trim the heap: freed buffers stay in the process and later calls reuse them once the heap has
-grown to what they need. Measured in docs/benchmarks.md ("Where the forward's time goes"): the
-600M-width train step (4 blocks, batch 2, 512 px) 1.33x faster (2441 -> 1835 ms); but the default
-tiny job's step (batch 32 of 64 tokens) 0.72x (106 -> 146 ms), because one arena shared by XLA's
-worker threads costs more than its small faults did. Hence opt-in: `--retain_host_memory` on
-`python -m sana_jax.train` and `.sample`. The price: the process keeps its peak heap until it exits.
+`retain()` therefore (1) tells glibc (`mallopt`) never to serve a block with `mmap` and never to
+trim the heap, and (2) turns off JAX's asynchronous CPU dispatch
+(`jax_cpu_enable_async_dispatch`), so single-device programs run on the calling thread and take
+their buffers from the main arena: freed buffers stay in the process and later calls reuse them
+once the heap has grown to what they need. (An earlier version forced one arena for every thread
+instead; XLA's worker threads then contended for it and the tiny step got slower, 0.72x.)
+Measured in docs/benchmarks.md ("Where the forward's time goes"): the default tiny train step
+1.28x faster (126.8 -> 98.9 ms), the 600M-width step 1.08x (1959 -> 1817 ms); sampling unchanged.
+The price: the process keeps its peak heap until it exits, and the Python side of a call no longer
+overlaps the previous call (what the faults cost was far more at these sizes).
 
-It must run before JAX starts its CPU client (the client's threads pick their arenas when they
-first allocate); `retain()` refuses afterwards. Linux with glibc only; elsewhere it returns False
-and changes nothing.
+`python -m sana_jax.train` and `.sample` call it by default on CPU-only installs
+(`--noretain_host_memory` to opt out; on an install with a TPU / GPU plugin, or `JAX_PLATFORMS`
+naming another platform, it is left off unless asked for). It must run before JAX starts its
+backends: an explicit `retain()` refuses afterwards, the CLIs' default silently skips it (a
+notebook or test that calls `main` after using JAX). Linux with glibc only; elsewhere it returns
+False and changes nothing.
 """
 import ctypes
+import importlib.metadata
+import importlib.util
+import os
+import pkgutil
 import sys
 
 from absl import flags
 
-flags.DEFINE_bool("retain_host_memory", False,
-                  "CPU runs: keep freed memory in the process (glibc: one malloc arena, no mmap, no "
-                  "trim) so XLA's large per-call buffers stop page-faulting. Faster for large "
-                  "models and images (the 600M-width train step 1.33x), slower for the tiny "
-                  "default job (0.72x; docs/benchmarks.md).")
+flags.DEFINE_bool("retain_host_memory", True,
+                  "CPU runs: keep freed memory in the process (glibc: no mmap, no trim; JAX's CPU "
+                  "dispatch inline) so XLA's large per-call buffers stop page-faulting: the default "
+                  "train step 1.28x faster (docs/benchmarks.md). On by default where JAX can only "
+                  "use the CPU; --noretain_host_memory turns it off.")
 
 # mallopt parameters (glibc malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-M_ARENA_MAX = -8
 _NEVER_TRIM = 2**31 - 1  # mallopt takes an int
 
 _state = {"retained": False}
@@ -67,19 +78,44 @@ def retain() -> bool:
     return False
   if _jax_started():
     raise RuntimeError("host_memory.retain() must run before JAX starts its backends (before the "
-                       "first jax.devices() or computation): its CPU threads have picked their "
-                       "malloc arenas by then")
-  for param, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _NEVER_TRIM)):
+                       "first jax.devices() or computation): its CPU client has been made with "
+                       "asynchronous dispatch by then")
+  for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _NEVER_TRIM)):
     if libc.mallopt(param, value) != 1:
       raise RuntimeError(f"glibc mallopt({param}, {value}) failed")
+  import jax  # importing starts no backend
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
   _state["retained"] = True
   return True
 
 
+def _cpu_only() -> bool:
+  """Whether this process's JAX will run on the CPU: JAX_PLATFORMS names cpu first, or it is unset
+  and no TPU / GPU plugin is installed (libtpu, or a PJRT plugin as JAX finds them: a `jax_plugins`
+  entry point or module)."""
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms.split(",")[0] == "cpu"
+  if importlib.util.find_spec("libtpu") is not None or importlib.metadata.entry_points(group="jax_plugins"):
+    return False
+  try:
+    import jax_plugins
+  except ImportError:
+    return True
+  return not any(pkgutil.iter_modules(jax_plugins.__path__))
+
+
 def setup_from_flags() -> bool:
-  """The CLIs' entry: retain() when --retain_host_memory is given; -> whether memory is retained."""
-  if flags.FLAGS.is_parsed() and flags.FLAGS.retain_host_memory:
-    if not retain():
+  """The CLIs' entry, before JAX starts: retain() when --retain_host_memory is given, or by default
+  on a CPU-only install (skipped, not refused, when JAX has already started) -> whether memory is
+  retained."""
+  if not flags.FLAGS.is_parsed() or not flags.FLAGS.retain_host_memory:
+    return _state["retained"]
+  explicit = flags.FLAGS["retain_host_memory"].present
+  if not explicit and (not _cpu_only() or _jax_started()):
+    return _state["retained"]
+  if not retain():
+    if explicit:
       print("warning: --retain_host_memory needs Linux with glibc; memory is managed as usual",
             file=sys.stderr, flush=True)
   return _state["retained"]

@@ -56,3 +56,42 @@ def test_retain_refused_after_jax_started():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "refused: host_memory.retain() must run before JAX starts" in out.stdout
+
+
+SETUP = """
+import sys
+from absl import flags
+from sana_jax import host_memory
+if sys.argv[1] == "jax_first":
+  import jax; jax.devices()
+flags.FLAGS(["prog", *sys.argv[2:]])
+try:
+  print("retained:", host_memory.setup_from_flags())
+except RuntimeError as e:
+  print("refused:", e)
+from jax._src import xla_bridge
+print("async dispatch:", xla_bridge._CPU_ENABLE_ASYNC_DISPATCH.value)
+"""
+
+
+def _setup(order, *flag_args, platforms=None):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  if platforms:
+    env["JAX_PLATFORMS"] = platforms
+  out = subprocess.run([sys.executable, "-c", SETUP, order, *flag_args], capture_output=True, text=True,
+                       timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return out.stdout
+
+
+@pytest.mark.skipif(host_memory._glibc() is None, reason="needs Linux with glibc")
+def test_cli_default_retains_on_cpu_only_and_skips_quietly_where_it_cannot():
+  # the CLIs' default on a CPU install (what CI and the README run): on, and dispatch is inline
+  assert _setup("flags_first", platforms="cpu") == "retained: True\nasync dispatch: False\n"
+  assert _setup("flags_first", "--noretain_host_memory", platforms="cpu") == "retained: False\nasync dispatch: True\n"
+  # another platform named: the default leaves the process alone
+  assert _setup("flags_first", platforms="tpu") == "retained: False\nasync dispatch: True\n"
+  # JAX already running (a notebook or test calling main): the default skips, an explicit flag refuses
+  assert _setup("jax_first", platforms="cpu") == "retained: False\nasync dispatch: True\n"
+  assert "refused: host_memory.retain() must run before JAX starts" in _setup(
+      "jax_first", "--retain_host_memory", platforms="cpu")
