@@ -150,8 +150,7 @@ def binding_check(cfg, graphdef, params, codecs, count=256, sigmas=(0.3, 0.6, 0.
   out = {}
   for task in ("color_attr", "position"):
     source = shapes.ShapesSource(count, cfg.data.image_size, cfg.data.shapes_seed + 2, (task,))
-    specs = [source.spec(i) for i in range(count)]
-    images = np.stack([source[i]["image"] for i in range(count)]).astype(np.float32) / 127.5 - 1.0
+    images, specs = source.first(count)
     x0 = jnp.asarray(loop.image_encoder(autoencoder)(images))
     noise = jax.random.normal(jax.random.key(cfg.seed + 2), x0.shape)
     right = [s.caption for s in specs]

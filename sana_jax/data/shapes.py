@@ -253,6 +253,15 @@ class ShapesSource:
     spec = sample_spec(rng, self.tasks[index % len(self.tasks)])
     return spec, rng
 
+  def first(self, count: int):
+    """The first `count` examples at once -> (images float32 [count, H, W, 3] in [-1, 1], the
+    pipeline's range; their SceneSpecs): what held-out checks and fits read."""
+    if not 0 < count <= self.num_examples:
+      raise ValueError(f"count must be in 1..{self.num_examples}, got {count}")
+    examples = [self._example(i) for i in range(count)]
+    images = np.stack([render(spec, rng, self.image_size) for spec, rng in examples])
+    return images.astype(np.float32) / 127.5 - 1.0, [spec for spec, _ in examples]
+
   def __getitem__(self, index: int) -> dict:
     spec, rng = self._example(int(index))
     image = render(spec, rng, self.image_size)

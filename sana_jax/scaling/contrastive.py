@@ -161,9 +161,7 @@ def load(folder) -> ContrastiveJudge:
 
 
 def _pool(count: int, config: ContrastiveConfig, seed: int):
-  source = shapes.ShapesSource(count, config.image_size, seed)
-  images = np.stack([source[i]["image"] for i in range(count)]).astype(np.float32) / 127.5 - 1.0
-  return images, [source.spec(i) for i in range(count)]
+  return shapes.ShapesSource(count, config.image_size, seed).first(count)
 
 
 def fit(steps: int = 1500, batch_size: int = 128, pool_size: int = 20_000, learning_rate: float = 2e-3,

@@ -111,9 +111,9 @@ def reconstruction_score(vae: ConvAutoencoder, cfg, count: int = 192) -> float:
   images (an autoencoder that loses shapes caps every model trained on its latents)."""
   from sana_jax.data import shapes, shapes_eval
   source = shapes.ShapesSource(count, cfg.data.image_size, cfg.data.shapes_seed + 1, tuple(cfg.data.shapes_tasks))
-  images = np.stack([source[i]["image"] for i in range(count)]).astype(np.float32) / 127.5 - 1.0
+  images, specs = source.first(count)
   decoded = np.clip(np.asarray(vae.decode(vae.encode(images))), -1.0, 1.0)
-  return round(shapes_eval.score(list(decoded), [source.spec(i) for i in range(count)])["overall"], 3)
+  return round(shapes_eval.score(list(decoded), specs)["overall"], 3)
 
 
 def save(vae: ConvAutoencoder, report: dict, folder) -> str:

@@ -87,3 +87,13 @@ def test_bad_captions_are_refused_with_the_reason(caption, problem):
 def test_unknown_task_is_refused():
   with pytest.raises(ValueError, match="tasks must be a non-empty subset"):
     shapes.ShapesSource(tasks=("drawing",))
+
+
+def test_first_renders_the_same_examples_in_the_pipelines_range(source):
+  images, specs = source.first(5)
+  assert images.shape == (5, 32, 32, 3) and images.dtype == np.float32
+  for i in range(5):
+    np.testing.assert_array_equal(images[i], source[i]["image"].astype(np.float32) / 127.5 - 1.0)
+    assert specs[i] == source.spec(i)
+  with pytest.raises(ValueError, match="count must be in 1..600"):
+    source.first(601)
