@@ -71,7 +71,8 @@ def main():
                     "candidates_s": round(time.perf_counter() - t0, 1)}), flush=True)
   judges = [(f"contrastive:{args.judge}", contrastive.load(args.judge))] if args.judge else []
   for steps in ([] if args.judge else [int(s) for s in args.judge_steps.split(",")]):
-    judge = contrastive.fit(steps=steps, progress=False)
+    judge = contrastive.fit(steps=steps, progress=False,  # on renders of the run's image size
+                            config=contrastive.ContrastiveConfig(image_size=run.config.data.image_size))
     judges.append((f"contrastive, {steps} steps (fit {judge.report['seconds']} s, "
                    f"hard negatives on renders {judge.report['hard_negative_accuracy']})", judge))
   reports = []

@@ -6,6 +6,7 @@ import ml_collections
 # Published model names -> the module in this folder that builds their config.
 NAMED_CONFIGS = {
     "tiny": "tiny",
+    "tiny24": "tiny24",
     "lora": "lora",
     "SanaMS_600M_P1_D28": "sana_600m_p1_d28",
     "SanaMS_1600M_P1_D20": "sana_1600m_p1_d20",

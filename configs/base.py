@@ -99,6 +99,11 @@ def sampling_config(**overrides) -> ml_collections.ConfigDict:
   s.flow_shift = 3.0
   s.num_images = 8               # images per sample grid (held-out prompts)
   s.num_eval_images = 0           # shapes data: images scored by the shapes evaluator at the end
+  # Shapes data: also score SANA 1.5's inference-time scaling on those prompts: eval_best_of
+  # candidates each (the first is the one-sample image), the run's contrastive judge keeps one
+  # (fitted on renders for eval_judge_steps and kept in <workdir>/judge; never the evaluator). 0: off.
+  s.eval_best_of = 0
+  s.eval_judge_steps = 1500
   s.update(overrides)
   return s
 

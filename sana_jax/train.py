@@ -1,6 +1,6 @@
 """Train a SANA model: `python -m sana_jax.train [--config=configs/X.py | --config=NAME] [--workdir=DIR]`.
 
-With no flags it trains configs/tiny.py on the built-in shapes data on the CPU. Override any config
+With no flags it trains configs/tiny24.py on the built-in shapes data on the CPU. Override any config
 value from the command line, e.g. `--config.train.num_steps=200 --config.optimizer.name=came`.
 Running again with the same --workdir resumes from its newest checkpoint (docs/training.md,
 "Resuming", lists what may change on resume). SIGTERM or Ctrl-C stop with a checkpoint.
@@ -13,8 +13,8 @@ from ml_collections import config_flags
 from sana_jax import cli, compilation_cache, configs, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(configs.__file__), "tiny.py"),
-    "Training config: a configs/*.py file (with get_config()) or a preset name such as tiny.")
+    "config", os.path.join(os.path.dirname(configs.__file__), "tiny24.py"),
+    "Training config: a configs/*.py file (with get_config()) or a preset name such as tiny24.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, logs and samples go (default: ./workdirs/<model name>).")
 
@@ -41,6 +41,12 @@ def main(argv):
     print(shapes_eval.score_table(summary["shapes_score"], summary["shapes_counts"]))
     if "eval_grid" in summary:
       print(f"each image with its prompt and verdict: {summary['eval_grid']}")
+    best = summary.get("best_of")
+    if best:
+      print(f"best of {best['n']} per prompt, kept by the run's contrastive judge (SANA 1.5's "
+            f"inference-time scaling; the judge never sees the evaluator):")
+      print(shapes_eval.score_table(best["shapes_score"], best["shapes_counts"]))
+      print(f"each kept image with its prompt and verdict: {best['eval_grid']}")
   print(f"done: step {summary['step']} (checkpoint {summary['saved']} saved); samples in "
         f"{os.path.join(workdir, 'samples')}", flush=True)
 

@@ -15,7 +15,7 @@ specs are.
     judge = contrastive.load("judge/")
     judge.select(images, "a red circle left of a blue square", keep=1)   # judges.PointwiseJudge
 
-    python -m sana_jax.scaling.contrastive --out judge/ [--steps 1500]   # fit and save
+    python -m sana_jax.scaling.contrastive --out judge/ [--steps 1500] [--image_size 32]   # fit and save
     python -m sana_jax.sample --checkpoint WORKDIR --best_of 16 --judge contrastive:judge/ ...
 
 Score: the cosine similarity of image and caption embeddings (higher is better).
@@ -236,10 +236,12 @@ def main(argv=None):
   parser.add_argument("--out", required=True, help="folder to write (must not exist)")
   parser.add_argument("--steps", type=int, default=1500)
   parser.add_argument("--seed", type=int, default=1000)
+  parser.add_argument("--image_size", type=int, default=ContrastiveConfig.image_size,
+                      help="side of the images it judges: the model's (24 for the default job's tiny24, 32 for tiny)")
   args = parser.parse_args(argv)
   if os.path.exists(args.out):
     parser.error(f"{args.out} exists; a judge folder is never overwritten")
-  judge = fit(steps=args.steps, seed=args.seed)
+  judge = fit(steps=args.steps, seed=args.seed, config=ContrastiveConfig(image_size=args.image_size))
   print(f"judge: {judge.report} -> {judge.save(args.out)}")
 
 

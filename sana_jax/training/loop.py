@@ -485,10 +485,49 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
 
 def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, writer, at, weights) -> dict:
   """Scores samples for held-out prompts; writes eval.json and samples/eval_step_N.png (each
-  image with its prompt and the evaluator's verdict)."""
+  image with its prompt and the evaluator's verdict). With sampling.eval_best_of = N > 1, also
+  best-of-N as SANA 1.5 scales inference (N candidates per prompt, the run's contrastive judge
+  keeps one): eval_best_of.json and samples/eval_best_of_N_step_M.png, under "best_of"."""
   prompts, specs = heldout_shapes(cfg, cfg.sampling.num_eval_images)
   params = state.ema_params if state.ema_params is not None else state.params
   images = sampler(weights(params), prompts, cfg.seed + 1, latent_shape)
+  out = _score_held_out(images, prompts, specs, workdir / "eval.json",
+                        workdir / "samples" / f"eval_step_{at:07d}.png", is_main, writer, "shapes_eval", at)
+  n = int(cfg.sampling.eval_best_of)
+  if n > 1:  # every process draws (the sampler is one program over all devices); process 0 judges
+    candidates = [images] + [sampler(weights(params), prompts, cfg.seed + 1 + j, latent_shape) for j in range(1, n)]
+    if is_main:
+      judge = load_or_fit_judge(cfg, workdir)
+      picks = np.stack([group[int(np.argmax(judge.scores(group, prompt)))]
+                        for group, prompt in zip(np.stack(candidates, 1), prompts)])
+      best = _score_held_out(picks, prompts, specs, workdir / "eval_best_of.json",
+                             workdir / "samples" / f"eval_best_of_{n}_step_{at:07d}.png", is_main, writer,
+                             f"shapes_eval_best_of_{n}", at)
+      out["best_of"] = {"n": n, **best}
+  return out
+
+
+def load_or_fit_judge(cfg, workdir):
+  """The run's contrastive best-of-N judge (sana_jax.scaling.contrastive: a CLIP-style scorer fitted
+  on shapes renders of the run's image size, never on the evaluator): read from <workdir>/judge, or
+  fitted now (cfg.sampling.eval_judge_steps) and saved there."""
+  from sana_jax.scaling import contrastive  # training -> scaling, only here: the judge is optional
+  folder = workdir / "judge"
+  if folder.exists():
+    judge = contrastive.load(folder)
+    if judge.scorer.config.image_size != cfg.data.image_size:
+      raise ValueError(f"{folder} judges {judge.scorer.config.image_size}px images but the run draws "
+                       f"{cfg.data.image_size}px ones; move that folder away to fit a new judge")
+    return judge
+  judge = contrastive.fit(steps=int(cfg.sampling.eval_judge_steps),
+                          config=contrastive.ContrastiveConfig(image_size=cfg.data.image_size))
+  print(f"best-of-N judge fitted: {judge.report} -> {judge.save(folder)}", flush=True)
+  return judge
+
+
+def _score_held_out(images, prompts, specs, json_path, grid_path, is_main, writer, tag, at) -> dict:
+  """The evaluator's scores of one image per held-out prompt; on process 0 also the JSON, the grid
+  (each image with its prompt and verdict) and the TensorBoard scalars under `tag`."""
   per_image = shapes_eval.verdicts(list(images), specs)
   scores = shapes_eval.score_verdicts(per_image)
   counts = {}
@@ -496,12 +535,11 @@ def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, write
     counts[task] = counts.get(task, 0) + 1
   out = {"shapes_score": scores, "shapes_counts": counts}
   if is_main:
-    (workdir / "eval.json").write_text(json.dumps(scores, indent=2))
+    json_path.write_text(json.dumps(scores, indent=2))
     notes = [f"{'✓' if ok else '✗'} {task}" for task, ok in per_image]
-    out["eval_grid"] = grid.save_grid(images, prompts, workdir / "samples" / f"eval_step_{at:07d}.png",
-                                      notes, columns=8)
+    out["eval_grid"] = grid.save_grid(images, prompts, grid_path, notes, columns=8)
     for k, v in scores.items():
-      writer.add_scalar(f"shapes_eval/{k}", v, at)
+      writer.add_scalar(f"{tag}/{k}", v, at)
   return out
 
 

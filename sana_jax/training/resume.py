@@ -33,6 +33,7 @@ LORA_LAYOUT_FIELDS = ("rank", "alpha", "target_modules", "use_rslora")
 FIELDS_ADDED_LATER = {"codecs.scaling_factor": 1.0, "model.prediction": "velocity",
                       "model.pooled_caption": False,
                       "sampling.guidance_interval": [0.0, 1.0],
+                      "sampling.eval_best_of": 0, "sampling.eval_judge_steps": 1500,
                       # the fitted autoencoder's settings (used only with codecs.autoencoder="conv_fit")
                       "codecs.fit_widths": [16, 32, 32], "codecs.fit_latent_channels": 16,
                       "codecs.fit_steps": 600, "codecs.fit_batch_size": 64,

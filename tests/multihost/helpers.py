@@ -19,8 +19,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TIMEOUT_S = 900
 
 # Few steps of a model small enough that compiling dominates; lr > 0 from step 1 (no warmup) so
-# every step changes the parameters.
-TINY = ["--config.model.hidden_size=64", "--config.model.depth=1", "--config.model.cross_num_heads=2",
+# every step changes the parameters. configs/tiny.py (not the default tiny24) so that the runs also
+# fit the autoencoder, once, on process 0.
+TINY = ["--config=tiny", "--config.model.hidden_size=64", "--config.model.depth=1", "--config.model.cross_num_heads=2",
         "--config.model.caption_channels=16", "--config.codecs.max_text_length=8", "--config.codecs.fit_steps=5",
         "--config.codecs.fit_batch_size=8",
         "--config.data.image_size=24", "--config.data.shapes_num_examples=64",

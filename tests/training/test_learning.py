@@ -1,11 +1,13 @@
-"""The default job learns: a short run of configs/tiny.py on the shapes data cuts the loss by 5x.
+"""The default job learns: a short run of its config on the shapes data cuts the loss by a stated factor.
 
 The loss is measured on one fixed held-out batch of 64 with fixed noise and timesteps (no sampling
-noise in the comparison), before and after STEPS updates of the default config's model, optimiser
-and objective on batches from the real data pipeline and codecs (the fitted autoencoder, fitted
-for 150 of its 600 steps). It took 48 s wall on the idle 2-core AMD VM, the fit included. The
-quality figures (evaluator scores) live in docs/training.md.
+noise in the comparison), before and after STEPS updates of the config's model, optimiser and
+objective on batches from the real data pipeline and codecs. configs/tiny24.py is the default job
+(pixel tokens, no autoencoder); configs/tiny.py, the default of the first ten rounds, runs on its
+fitted autoencoder, fitted here for 150 of its 600 steps. Together about a minute on the idle
+2-core Intel VM. The quality figures (evaluator scores) live in docs/training.md.
 """
+import pytest
 import jax
 import numpy as np
 from flax import nnx
@@ -22,11 +24,14 @@ FIT_STEPS = 150  # of the fitted autoencoder's 600: its latents are coarser, the
 # (x-prediction starts higher: an untrained guess of x0 near 0 returns the velocity x_t / sigma).
 # Before, the 2-block velocity model with unit-variance latents: 3.304 -> 0.679 (4.9x); with the
 # unscaled latents 2.265 -> 0.150, 15.1x (that target is mostly the noise, which is learnt first).
-FACTOR = 5.0
+# 2026-12-07, configs/tiny24.py (9 tokens of 192 pixel values, flow shift 6): 2.439 -> 0.534 (4.6x)
+# after 150 steps; its loss at shift 6 weights the noisier timesteps, where less can be learnt.
+FACTOR = {"tiny24": 3.5, "tiny": 5.0}
 
 
-def test_default_config_loss_falls_by_factor():
-  cfg = configs.get_config("tiny")
+@pytest.mark.parametrize("name", ["tiny24", "tiny"])
+def test_default_config_loss_falls_by_factor(name):
+  cfg = configs.get_config(name)
   cfg.codecs.fit_steps = FIT_STEPS
   cfg.train.batch_size = BATCH
   cfg.optimizer.update(warmup_steps=20, schedule="constant")
@@ -50,4 +55,4 @@ def test_default_config_loss_falls_by_factor():
   after = float(eval_loss(state.params))
   assert np.isfinite(after)
   print(f"held-out loss {before:.4f} -> {after:.4f} ({before / after:.1f}x)")
-  assert after * FACTOR <= before, f"held-out loss {before:.4f} -> {after:.4f}: fell less than {FACTOR}x"
+  assert after * FACTOR[name] <= before, f"held-out loss {before:.4f} -> {after:.4f}: fell less than {FACTOR[name]}x"

@@ -78,6 +78,29 @@ def test_run_writes_checkpoints_logs_labelled_samples_and_scores(finished_run):
   assert sum(summary["shapes_counts"].values()) == 8
 
 
+def test_best_of_n_fits_the_judge_once_scores_the_picks_and_refuses_a_judge_of_another_size(finished_run, tmp_path):
+  """sampling.eval_best_of: N candidates per held-out prompt, the first the one-sample image, the
+  run's contrastive judge (fitted once, kept in <workdir>/judge) keeps one; the picks are scored."""
+  workdir = _copy(finished_run, tmp_path)
+  cfg = micro_config(num_steps=4)  # the run is finished: only the final evaluation runs
+  cfg.sampling.update(eval_best_of=3, eval_judge_steps=5)
+  summary = loop.train_and_evaluate(cfg, str(workdir))
+  best = summary["best_of"]
+  assert best["n"] == 3 and sum(best["shapes_counts"].values()) == 8
+  assert json.loads((workdir / "eval_best_of.json").read_text()) == best["shapes_score"]
+  assert (workdir / "samples" / "eval_best_of_3_step_0000004.png").is_file()
+  assert summary["shapes_score"] == json.loads((workdir / "eval.json").read_text())
+  judge_files = _snapshot(workdir / "judge")
+  assert "judge.json" in judge_files
+  again = loop.train_and_evaluate(cfg, str(workdir))  # the saved judge, not a new fit
+  assert _snapshot(workdir / "judge") == judge_files and again["best_of"] == best
+  cfg.data.image_size = 32
+  shutil.rmtree(workdir / "checkpoints")  # a fresh 32 px run in the same workdir (no resume check)
+  (workdir / "config.json").unlink()
+  with pytest.raises(ValueError, match=r"judges 24px images but the run draws 32px ones"):
+    loop.train_and_evaluate(cfg, str(workdir))
+
+
 @pytest.mark.parametrize("section,field,value", [("model", "hidden_size", 64), ("model", "depth", 2),
                                                   ("model", "linear_head_dim", 16),
                                                   ("optimizer", "name", "came")])

@@ -8,7 +8,7 @@ import time
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=1", "--config.model.cross_num_heads=1",
+FLAGS = ["--config=tiny", "--config.model.hidden_size=32", "--config.model.depth=1", "--config.model.cross_num_heads=1",
          "--config.model.caption_channels=16", "--config.codecs.max_text_length=8", "--config.codecs.fit_steps=5",
          "--config.codecs.fit_batch_size=8",
          "--config.data.image_size=24", "--config.data.shapes_num_examples=64",
