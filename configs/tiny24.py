@@ -1,13 +1,15 @@
 """tiny24: the default training job — configs/tiny.py's model on 24x24 shapes, one token per layout cell.
 
-COMMAND: python -m sana_jax.train            (this config is the default; about 3 min on a 2-core VM)
+COMMAND: python -m sana_jax.train            (this config is the default; about 4 min on a 2-core VM)
 The built-in shapes data lays objects out on a 3x3 grid; at 24x24 px each grid cell is 8x8 px, so
 an 8x8 space-to-depth codec (no autoencoder to fit) makes a 3x3 latent whose tokens are exactly the
 cells: 9 tokens of 192 pixel values. The transformer is tiny.py's (width 64, 4 blocks, x-prediction,
 pooled caption, sincos position embedding); a step costs a quarter of tiny's 64-token step, and the
 flow shift is 6 for training and sampling (a token of 192 pixel values keeps more signal at a given
-noise level than one of 16 latent channels, as SANA raises the shift with resolution). Measured
-against tiny.py and other settings in docs/training.md ("Layout cells as tokens", eleventh round).
+noise level than one of 16 latent channels, as SANA raises the shift with resolution); samples use
+CFG 2. The job ends by scoring one sample per held-out prompt and then the best of 16, kept by a
+contrastive judge it fits on renders (SANA 1.5's inference-time scaling). Measured against tiny.py
+and other settings in docs/training.md ("Layout cells as tokens", eleventh round).
 """
 from sana_jax.configs import tiny
 
