@@ -1,8 +1,9 @@
 """Ours vs PyTorch on the default job: same model, data, objective, optimiser, sampler and wall time.
 
   python bench/train_quality_vs_pytorch.py --seconds=300 [--retain_host_memory]
+  python bench/train_quality_vs_pytorch.py --config tiny24 --seconds=150 --retain_host_memory
 
-Both sides train configs/tiny.py's architecture from the same initial weights for the same wall
+Both sides train the preset's architecture (configs/tiny.py unless --config) from the same initial weights for the same wall
 time (compilation included for ours) on the same CPU, one after the other in this process:
   ours     sana_jax's jitted train step (bench/train_ablation.py's loop);
   PyTorch  diffusers' `SanaTransformer2DModel` built from the same config
@@ -109,12 +110,14 @@ def train_torch(cfg, init_params, graphdef, seconds, codecs):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="tiny", help="preset: tiny (the figures of docs/benchmarks.md "
+                      "before the eleventh training round) or tiny24 (the default job's since)")
   parser.add_argument("--seconds", type=float, default=300.0, help="wall time each side trains")
   add_retain_flag(parser)
   parser.add_argument("overrides", nargs="*", help="config fields, as in bench/train_ablation.py")
   args = parser.parse_args()
   retain_if_asked(args)
-  cfg = train_ablation.apply_overrides(configs.get_config("tiny"), args.overrides)
+  cfg = train_ablation.apply_overrides(configs.get_config(args.config), args.overrides)
   cfg.train.ema_decay = 0.0  # the PyTorch side keeps no EMA copy; compare raw weights
   cfg.model.pooled_caption = False  # diffusers' model has no pooled-caption projection
   # Ours: the step budget is what fits in the wall time; a cosine schedule's length stays the config's.
@@ -125,7 +128,7 @@ def main():
   graphdef, state, _ = train_state.create_train_state(cfg, tx)  # the same initial weights ours had
   theirs, params = train_torch(cfg, state.params, graphdef, args.seconds, codecs)
   theirs["score"], _ = train_ablation.evaluate(cfg, graphdef, params, codecs)
-  print(json.dumps({"seconds": args.seconds, "overrides": args.overrides, "sana_jax": ours,
+  print(json.dumps({"config": args.config, "seconds": args.seconds, "overrides": args.overrides, "sana_jax": ours,
                     "pytorch_diffusers": theirs}, indent=1))
   print(f"steps ours/PyTorch: {ours['steps'] / theirs['steps']:.2f}x; "
         f"overall score ours {ours['score']['overall']:.3f} vs PyTorch {theirs['score']['overall']:.3f}")
