@@ -498,7 +498,7 @@ def _final_evaluation(cfg, state, sampler, latent_shape, workdir, is_main, write
     candidates = [images] + [sampler(weights(params), prompts, cfg.seed + 1 + j, latent_shape) for j in range(1, n)]
     if is_main:
       judge = load_or_fit_judge(cfg, workdir)
-      picks = np.stack([group[int(np.argmax(judge.scores(group, prompt)))]
+      picks = np.stack([group[judge.select(group, prompt).winners[0]]
                         for group, prompt in zip(np.stack(candidates, 1), prompts)])
       best = _score_held_out(picks, prompts, specs, workdir / "eval_best_of.json",
                              workdir / "samples" / f"eval_best_of_{n}_step_{at:07d}.png", is_main, writer,
