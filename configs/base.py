@@ -126,6 +126,8 @@ def codecs_config(**overrides) -> ml_collections.ConfigDict:
   c.fit_learning_rate = 2e-3
   c.fit_latent_noise = 0.1
   c.text_encoder = "gemma-2-2b-it"  # or "word_embedding" (built in, parameter-free)
+  # word_embedding only: each token also carries this many tokens before it (as a causal LM's do).
+  c.text_context = 0
   c.max_text_length = 300
   c.update(overrides)
   return c

@@ -37,6 +37,9 @@ _SCALING_FACTOR = flags.DEFINE_float(
     "Built-in autoencoder: latents = pixels x this (train with the same codecs.scaling_factor).")
 _CAPTION_CHANNELS = flags.DEFINE_integer(
     "caption_channels", _TINY.model.caption_channels, "Built-in text encoder: feature width.")
+_TEXT_CONTEXT = flags.DEFINE_integer(
+    "text_context", _TINY.codecs.text_context, "Built-in text encoder: preceding tokens each token carries "
+    "(train with the same codecs.text_context; configs/tiny24.py uses 2).")
 _MAX_TEXT_LENGTH = flags.DEFINE_integer(
     "max_text_length", None, f"Text tokens per caption (default: {_TINY.codecs.max_text_length} with the "
     "built-in encoder, as configs/tiny.py; 300 with Gemma-2, as SANA).")
@@ -65,10 +68,10 @@ def build_autoencoder(spec: str, factor: int, dtype, scaling_factor: float = 1.0
   return load_autoencoder(_component(spec, "vae"), dtype=dtype)
 
 
-def build_text_encoder(spec: str, caption_channels: int, max_text_length: int, dtype):
+def build_text_encoder(spec: str, caption_channels: int, max_text_length: int, dtype, context: int = 0):
   if spec == "builtin":
     from sana_jax.models.simple_codecs import WordEmbeddingTextEncoder
-    return WordEmbeddingTextEncoder(shapes.vocabulary(), caption_channels, max_text_length)
+    return WordEmbeddingTextEncoder(shapes.vocabulary(), caption_channels, max_text_length, context=context)
   from sana_jax.sampling.text_encoding import PromptEncoder
   text_dir = _component(spec, "text_encoder")
   tokenizer_dir = os.path.join(spec, "tokenizer") if os.path.isdir(os.path.join(spec, "tokenizer")) else text_dir
@@ -82,7 +85,8 @@ def main(argv):
   builtin_text = _TEXT_ENCODER.value == "builtin"
   max_text_length = _MAX_TEXT_LENGTH.value or (_TINY.codecs.max_text_length if builtin_text else 300)
   autoencoder = build_autoencoder(_AUTOENCODER.value, _AUTOENCODER_FACTOR.value, dtype, _SCALING_FACTOR.value)
-  text_encoder = build_text_encoder(_TEXT_ENCODER.value, _CAPTION_CHANNELS.value, max_text_length, dtype)
+  text_encoder = build_text_encoder(_TEXT_ENCODER.value, _CAPTION_CHANNELS.value, max_text_length, dtype,
+                                    _TEXT_CONTEXT.value)
   chi = None
   if not builtin_text and _CHI.value:
     from sana_jax.sampling.text_encoding import CHI_DEFAULT

@@ -27,6 +27,7 @@ COLORS = {
     "purple": (140, 40, 170),
     "cyan": (20, 200, 220),
 }
+_COLOR_NAMES = tuple(COLORS)
 BACKGROUND = (128, 128, 128)
 SHAPES = ("circle", "square", "triangle")
 RELATIONS = ("left of", "right of", "above", "below")
@@ -85,12 +86,17 @@ class SceneSpec:
     return joiner.join(phrases)
 
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+    return _spec_json(self)
 
   @classmethod
   def from_json(cls, text: str) -> "SceneSpec":
     d = json.loads(text)
     return cls(task=d["task"], groups=tuple(ObjectGroup(**g) for g in d["groups"]), relation=d["relation"])
+
+
+@functools.lru_cache(maxsize=4096)  # a few hundred distinct specs; asdict is most of an example's cost
+def _spec_json(spec: SceneSpec) -> str:
+  return json.dumps(dataclasses.asdict(spec), sort_keys=True)
 
 
 def _overlaps(a: ObjectGroup, b: ObjectGroup) -> bool:
@@ -138,7 +144,8 @@ def parse_caption(caption: str) -> SceneSpec:
 def sample_spec(rng: np.random.Generator, task: str) -> SceneSpec:
   """A random spec of the given GenEval-style task."""
   def pick(options, k=None):
-    return str(rng.choice(options)) if k is None else [str(o) for o in rng.choice(options, size=k, replace=False)]
+    # options[rng.integers(n)] is the draw rng.choice(options) makes, without building an array
+    return options[int(rng.integers(0, len(options)))] if k is None else [str(o) for o in rng.choice(options, size=k, replace=False)]
 
   relation = None
   if task == "single_object":
@@ -181,8 +188,9 @@ def _shape_mask(shape: str, height: int, width: int) -> np.ndarray:
   return mask
 
 
-def _cell_bounds(image_size: int) -> np.ndarray:
-  return np.round(np.linspace(0, image_size, GRID + 1)).astype(int)
+@functools.lru_cache(maxsize=64)
+def _cell_bounds(image_size: int) -> tuple[int, ...]:
+  return tuple(int(b) for b in np.round(np.linspace(0, image_size, GRID + 1)))
 
 
 def _layout(rng: np.random.Generator, spec: SceneSpec) -> list[list[tuple[int, int]]]:
@@ -210,13 +218,13 @@ def render(spec: SceneSpec, rng: np.random.Generator, image_size: int = 32) -> n
   if image_size < 24:
     raise ValueError(f"image_size must be at least 24 to draw a 3x3 grid of shapes, got {image_size}")
   bounds = _cell_bounds(image_size)
-  cell = int(np.diff(bounds).min())
+  cell = min(b - a for a, b in zip(bounds, bounds[1:]))
   smallest, largest = max(6, int(0.75 * (cell - 2))), cell - 2  # 1-pixel margin on each side of a cell
   image = np.empty((image_size, image_size, 3), np.uint8)
   image[...] = BACKGROUND
   for group, cells in zip(spec.groups, _layout(rng, spec)):
     for row, col in cells:
-      color = group.color or str(rng.choice(list(COLORS)))
+      color = group.color or _COLOR_NAMES[int(rng.integers(0, len(_COLOR_NAMES)))]  # = rng.choice(list(COLORS))
       size = int(rng.integers(smallest, largest + 1))
       top = bounds[row] + 1 + int(rng.integers(0, bounds[row + 1] - bounds[row] - size - 1))
       left = bounds[col] + 1 + int(rng.integers(0, bounds[col + 1] - bounds[col] - size - 1))

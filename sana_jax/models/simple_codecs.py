@@ -2,7 +2,8 @@
 
 `SpaceToDepthAutoencoder` folds each f x f pixel patch into channels (an exact, invertible "latent
 space" with the DC-AE's method names), and `WordEmbeddingTextEncoder` maps caption words to fixed
-random vectors plus a sinusoidal position code (with `PromptEncoder`'s `encode` contract). Both are
+random vectors plus a sinusoidal position code, optionally mixed with the words before each token
+(with `PromptEncoder`'s `encode` contract). Both are
 deterministic: the same arguments give the same codec in every process, so no weights are saved.
 """
 import re
@@ -75,21 +76,34 @@ class WordEmbeddingTextEncoder:
   Gemma's tokenizer gives), 2 unknown word, then the vocabulary in the given order. A token's
   embedding is its word vector (N(0, 1) per channel, drawn from `seed`) plus the sinusoidal code of
   its position; padding embeds to zero.
+
+  context: each token also carries the `context` tokens before it (BOS included), the k-th one back
+  through a fixed random rotation of its own (drawn from `seed` after the word vectors, so context=0
+  gives the same vectors as before it existed). A causal language model such as Gemma gives each
+  token a feature that depends on the words before it; without this, "a red circle and a blue square"
+  and "a blue circle and a red square" embed to the same set of vectors (only the positions differ),
+  and which colour goes with which shape can be read only from token positions.
   """
 
   PAD, BOS, UNK = 0, 1, 2
 
-  def __init__(self, vocab: Sequence[str], dim: int, max_length: int, seed: int = 0):
+  def __init__(self, vocab: Sequence[str], dim: int, max_length: int, seed: int = 0, context: int = 0):
     vocab = list(vocab)
     if len(set(vocab)) != len(vocab) or not all(_WORD.fullmatch(w or "") for w in vocab):
       raise ValueError(f"vocab must be distinct lower-case words, got {vocab!r}")
     if dim < 1 or max_length < 1:
       raise ValueError(f"dim and max_length must be positive, got {dim=}, {max_length=}")
-    self.vocab, self.dim, self.max_length = vocab, dim, max_length
+    if not 0 <= context < max_length:
+      raise ValueError(f"context must be in 0..max_length-1 = {max_length - 1} preceding tokens, got {context}")
+    self.vocab, self.dim, self.max_length, self.context = vocab, dim, max_length, context
     self._ids = {w: i + 3 for i, w in enumerate(vocab)}
-    table = np.random.default_rng(seed).standard_normal((len(vocab) + 3, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((len(vocab) + 3, dim)).astype(np.float32)
     table[self.PAD] = 0.0
     self._table = table  # [V + 3, dim]
+    # The word vectors as seen from 1..context tokens later: table @ (a random orthogonal matrix).
+    self._behind = [table @ np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)
+                    for _ in range(context)]  # each [V + 3, dim]; PAD stays zero
     self._positions = sinusoidal_positions(max_length, dim)  # [L, dim]
 
   @property
@@ -116,7 +130,10 @@ class WordEmbeddingTextEncoder:
     `PromptEncoder` contract and ignored: a table of word vectors cannot follow an instruction."""
     del complex_human_instruction
     ids, mask = self.tokenize(prompts, max_sequence_length)
-    embeds = (self._table[ids] + self._positions[:ids.shape[1]]) * mask[..., None]  # [B, L, dim]
+    embeds = self._table[ids] + self._positions[:ids.shape[1]]  # [B, L, dim]
+    for k, behind in enumerate(self._behind, start=1):  # the token k places back, if any
+      embeds[:, k:] += behind[ids[:, :-k]]
+    embeds *= mask[..., None]
     return jnp.asarray(embeds), jnp.asarray(mask)
 
   def null_embedding(self, max_sequence_length: int | None = None):

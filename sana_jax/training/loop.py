@@ -85,7 +85,7 @@ def build_codecs(cfg, workdir=None, progress: bool = True, allow_fit: bool = Tru
   if c.autoencoder == autoencoder_fit.KIND:  # checked first: a fit takes a minute
     autoencoder = autoencoder_fit.load_or_fit(cfg, workdir, progress=progress, allow_fit=allow_fit)
   text_encoder = WordEmbeddingTextEncoder(shapes.vocabulary(), cfg.model.caption_channels,
-                                          c.max_text_length)
+                                          c.max_text_length, context=c.text_context)
   return autoencoder, text_encoder
 
 

@@ -31,7 +31,7 @@ OPTIMIZER_LAYOUT_FIELDS = ("name", "min_8bit_size", "block_size", "layer_axis_pa
 LORA_LAYOUT_FIELDS = ("rank", "alpha", "target_modules", "use_rslora")
 # Fields added to the config after runs were saved without them: the value such a run used.
 FIELDS_ADDED_LATER = {"codecs.scaling_factor": 1.0, "model.prediction": "velocity",
-                      "model.pooled_caption": False,
+                      "model.pooled_caption": False, "codecs.text_context": 0,
                       "sampling.guidance_interval": [0.0, 1.0],
                       "sampling.eval_best_of": 0, "sampling.eval_judge_steps": 1500,
                       # the fitted autoencoder's settings (used only with codecs.autoencoder="conv_fit")

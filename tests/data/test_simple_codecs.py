@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sana_jax.data import shapes
-from sana_jax.models.simple_codecs import SpaceToDepthAutoencoder, WordEmbeddingTextEncoder
+from sana_jax.models.simple_codecs import SpaceToDepthAutoencoder, WordEmbeddingTextEncoder, sinusoidal_positions
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,61 @@ def test_empty_prompt_keeps_one_unmasked_token(text_encoder):
 def test_long_prompts_are_cut_to_max_length(text_encoder):
   _, mask = text_encoder.encode(" ".join(["circle"] * 40))
   assert mask.shape == (1, 12) and int(mask.sum()) == 12
+
+
+def test_without_context_a_token_is_its_word_vector_plus_its_position(text_encoder):
+  ids, _ = text_encoder.tokenize("a red circle")
+  embeds, _ = text_encoder.encode("a red circle")
+  expected = text_encoder._table[ids[0, :4]] + sinusoidal_positions(12, 32)[:4]
+  np.testing.assert_array_equal(np.asarray(embeds[0, :4]), expected)
+  # context=0 keeps the word vectors drawn before `context` existed (the rotations come after them)
+  with_context = WordEmbeddingTextEncoder(shapes.vocabulary(), dim=32, max_length=12, context=2)
+  np.testing.assert_array_equal(with_context._table, text_encoder._table)
+
+
+def test_context_makes_each_token_carry_the_words_before_it(text_encoder):
+  encoder = WordEmbeddingTextEncoder(shapes.vocabulary(), dim=32, max_length=12, context=2)
+  # tokens: BOS a red circle and a blue square
+  red_first, _ = encoder.encode("a red circle and a blue square")
+  blue_first, _ = encoder.encode("a blue circle and a red square")
+  circle = 3
+  # without context the two captions differ only in their colour tokens; with it "circle" differs too
+  plain_a, plain_b = text_encoder.encode("a red circle and a blue square")[0], text_encoder.encode("a blue circle and a red square")[0]
+  np.testing.assert_array_equal(np.asarray(plain_a[0, circle]), np.asarray(plain_b[0, circle]))
+  assert float(jnp.abs(red_first[0, circle] - blue_first[0, circle]).max()) > 0.5
+  # causal: a token never sees the words after it
+  np.testing.assert_array_equal(np.asarray(red_first[0, :2]), np.asarray(blue_first[0, :2]))
+  # and sees only `context` tokens back: "circle" after "a red" vs "one red" differs with context 2, not 1
+  near = WordEmbeddingTextEncoder(shapes.vocabulary(), dim=32, max_length=12, context=1)
+  a, one = near.encode(["a red circle", "one red circle"])[0]
+  np.testing.assert_allclose(np.asarray(a[circle]), np.asarray(one[circle]), rtol=0, atol=0)
+  a, one = encoder.encode(["a red circle", "one red circle"])[0]
+  assert float(jnp.abs(a[circle] - one[circle]).max()) > 0.5
+  # each word behind arrives rotated (orthogonal): the context adds a word vector's norm, not more
+  ids, _ = encoder.tokenize("a red circle")
+  behind = np.asarray(red_first[0, circle]) - encoder._table[ids[0, circle]] - sinusoidal_positions(12, 32)[circle]
+  words = np.linalg.norm(encoder._table[ids[0, 1:3]], axis=1)
+  assert np.linalg.norm(behind) <= words.sum() + 1e-4
+  # padding stays zero
+  _, mask = encoder.encode("a red circle")
+  assert float(jnp.abs(encoder.encode("a red circle")[0][0, int(mask.sum()):]).max()) == 0.0
+
+
+def test_the_default_job_reads_captions_with_context():
+  from sana_jax import configs
+  from sana_jax.training import loop
+
+  cfg = configs.get_config("tiny24")
+  _, encoder = loop.build_codecs(cfg)
+  assert encoder.context == cfg.codecs.text_context == 2
+  red_first, blue_first = encoder.encode(["a red circle and a blue square", "a blue circle and a red square"])[0]
+  assert float(jnp.abs(red_first[3] - blue_first[3]).max()) > 0.5  # "circle" knows its colour
+
+
+@pytest.mark.parametrize("context", [-1, 12])
+def test_context_must_fit_the_length(context):
+  with pytest.raises(ValueError, match="context must be in 0..max_length-1 = 11"):
+    WordEmbeddingTextEncoder(shapes.vocabulary(), dim=32, max_length=12, context=context)
 
 
 @pytest.mark.slow  # building the model takes ~40 s on a shared 2-core CPU

@@ -31,7 +31,8 @@ def test_a_change_that_shapes_or_interprets_the_weights_stops_listing_the_field(
 
 
 @pytest.mark.parametrize("name,other", [("codecs.scaling_factor", 5.75), ("model.prediction", "x0"),
-                                        ("codecs.fit_latent_channels", 8), ("model.pooled_caption", True)])
+                                        ("codecs.fit_latent_channels", 8), ("model.pooled_caption", True),
+                                        ("codecs.text_context", 2)])
 def test_a_run_saved_before_a_field_existed_resumes_with_the_value_it_used(name, other):
   section, field = name.split(".")
   used = resume.FIELDS_ADDED_LATER[name]  # 1.0 / "velocity" / 16 / False: what such runs trained with
