@@ -7,7 +7,7 @@ change with it) and reported as mean and spread over the seeds.
 (i)   growth: train a depth-D/2 model for `steps` steps, grow it to depth D (constant, identity new
       blocks) and train `steps` more; train a depth-D model from scratch for 2*`steps` steps. Report
       the deep steps (and block-steps, a compute measure) the grown run needs to reach the scratch
-      run's final smoothed loss, and its evaluator score at each quarter of the grown phase against
+      run's final loss (both as --smooth-step means), and its evaluator score at each quarter of the grown phase against
       the scratch run's score at the end.
 (ii)  pruning: prune the scratch depth-D model to D/2 blocks by block importance, by dropping the
       last blocks and by a random choice; held-out flow loss (fixed noise and timesteps) and the
@@ -134,7 +134,7 @@ def bench_config(name):
   return cfg
 
 
-def smooth(x, k=25):
+def smooth(x, k):
   x = np.asarray(x)
   return np.convolve(x, np.ones(k) / k, mode="valid") if len(x) >= k else x
 
@@ -144,7 +144,13 @@ def _first_reaching(values, target):
   return None if hits.size == 0 else int(hits[0])
 
 
-def part_growth(trainer, cfg, steps, seed, eval_count):
+def steps_to_loss(losses, target, window):
+  """Steps until the `window`-step mean of `losses` first reaches `target` (None: never)."""
+  reached = _first_reaching(smooth(losses, window), target)
+  return None if reached is None else reached + window  # the smoothed curve's index + its window
+
+
+def part_growth(trainer, cfg, steps, seed, eval_count, window):
   """One seed of (i) -> (result, the scratch deep model, loss curves)."""
   deep_cfg = cfg.model
   shallow_cfg = cfg.model.copy_and_resolve_references()
@@ -161,19 +167,20 @@ def part_growth(trainer, cfg, steps, seed, eval_count):
                                                           data_seed=10 * seed, eval_every=max(1, steps // 2),
                                                           evaluate=score)
   t_scratch = time.time() - t0 - t_shallow - t_grown
-  target_loss = float(smooth(scratch_losses)[-1])
+  target_loss = float(smooth(scratch_losses, window)[-1])
   target_score = scratch_scores[-1][1] if scratch_scores else score(scratch)
-  reached = _first_reaching(smooth(grown_losses), target_loss)
-  loss_steps = None if reached is None else reached + 25  # the smoothed curve's index + its window
+  loss_steps = steps_to_loss(grown_losses, target_loss, window)
   score_steps = next((s for s, v in grown_scores if v >= target_score), None)
   block_steps = lambda deep_steps: None if deep_steps is None else steps * shallow_cfg.depth + deep_steps * deep_cfg.depth
   result = {
       "seed": seed, "steps_per_phase": steps,
-      "scratch_final_smoothed_loss": target_loss, "grown_final_smoothed_loss": float(smooth(grown_losses)[-1]),
-      "shallow_final_smoothed_loss": float(smooth(shallow_losses)[-1]),
+      "scratch_final_smoothed_loss": target_loss, "grown_final_smoothed_loss": float(smooth(grown_losses, window)[-1]),
+      "shallow_final_smoothed_loss": float(smooth(shallow_losses, window)[-1]), "smoothing_window": window,
       "scratch_scores": scratch_scores, "grown_scores": grown_scores,
       "grown_deep_steps_to_scratch_loss": loss_steps, "grown_deep_steps_to_scratch_score": score_steps,
       "scratch_block_steps": 2 * steps * deep_cfg.depth,
+      # the same criterion on the scratch run itself: its mean first dips to its final value before the end
+      "scratch_deep_steps_to_own_final_loss": steps_to_loss(scratch_losses, target_loss, window),
       "grown_block_steps_to_scratch_loss": block_steps(loss_steps),
       "grown_block_steps_to_scratch_score": block_steps(score_steps),
       "seconds": {"shallow": round(t_shallow, 1), "grown": round(t_grown, 1), "scratch": round(t_scratch, 1)},
@@ -181,7 +188,7 @@ def part_growth(trainer, cfg, steps, seed, eval_count):
   return result, scratch, (shallow_losses, grown_losses, scratch_losses)
 
 
-def _plot_curves(out, curves_by_seed):
+def _plot_curves(out, curves_by_seed, window):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -189,11 +196,11 @@ def _plot_curves(out, curves_by_seed):
   for i, (seed, (shallow, grown, scratch)) in enumerate(curves_by_seed.items()):
     n = len(shallow)
     kw = dict(alpha=0.9 if i == 0 else 0.45)
-    ax.plot(np.arange(len(smooth(scratch))) + 25, smooth(scratch), color="C0", label="deep, from scratch" if i == 0 else None, **kw)
-    ax.plot(np.arange(len(smooth(shallow))) + 25, smooth(shallow), color="C1", label="shallow (before growth)" if i == 0 else None, **kw)
-    ax.plot(n + np.arange(len(smooth(grown))) + 25, smooth(grown), color="C2", label="grown (constant)" if i == 0 else None, **kw)
+    ax.plot(np.arange(len(smooth(scratch, window))) + window, smooth(scratch, window), color="C0", label="deep, from scratch" if i == 0 else None, **kw)
+    ax.plot(np.arange(len(smooth(shallow, window))) + window, smooth(shallow, window), color="C1", label="shallow (before growth)" if i == 0 else None, **kw)
+    ax.plot(n + np.arange(len(smooth(grown, window))) + window, smooth(grown, window), color="C2", label="grown (constant)" if i == 0 else None, **kw)
   ax.set_xlabel("training step (total)")
-  ax.set_ylabel("flow loss (25-step mean)")
+  ax.set_ylabel(f"flow loss ({window}-step mean)")
   ax.set_ylim(top=1.0)
   ax.set_title(f"seeds {', '.join(map(str, curves_by_seed))}")
   ax.legend()
@@ -292,7 +299,8 @@ def spread(values):
 def summarize(growth, pruning, best):
   g = {k: spread([r[k] for r in growth]) for k in (
       "scratch_final_smoothed_loss", "grown_final_smoothed_loss", "grown_deep_steps_to_scratch_loss",
-      "grown_deep_steps_to_scratch_score", "grown_block_steps_to_scratch_loss", "grown_block_steps_to_scratch_score")}
+      "grown_deep_steps_to_scratch_score", "grown_block_steps_to_scratch_loss", "grown_block_steps_to_scratch_score",
+      "scratch_deep_steps_to_own_final_loss") if all(k in r for r in growth)}
   g["scratch_final_score"] = spread([r["scratch_scores"][-1][1] for r in growth])
   g["grown_final_score"] = spread([r["grown_scores"][-1][1] for r in growth])
   g["scratch_block_steps"] = growth[0]["scratch_block_steps"]
@@ -321,7 +329,7 @@ def report(results) -> str:
   steps = results["args"]["steps"]
   lines = [f"seeds {results['args']['seeds']}; contrastive judge: {results['judge']}", "",
            f"(i) growth, {steps} steps per phase (depth 4 from scratch: {2 * steps} steps = "
-           f"{g['scratch_block_steps']} block-steps)", "",
+           f"{g['scratch_block_steps']} block-steps); losses are {results['args'].get('smooth', 25)}-step means", "",
            "| | mean ± std over seeds (per seed) |", "|---|---|",
            f"| scratch final loss | {_fmt(g['scratch_final_smoothed_loss'], 4)} |",
            f"| grown final loss | {_fmt(g['grown_final_smoothed_loss'], 4)} |",
@@ -330,6 +338,8 @@ def report(results) -> str:
            f"| grown: deep steps to the scratch loss | {_fmt(g['grown_deep_steps_to_scratch_loss'], 0)} |",
            f"| grown: block-steps to the scratch loss | {_fmt(g['grown_block_steps_to_scratch_loss'], 0)} |",
            f"| grown: deep steps to the scratch score | {_fmt(g['grown_deep_steps_to_scratch_score'], 0)} |",
+           *([f"| scratch: deep steps to its own final loss (same criterion) | "
+              f"{_fmt(g['scratch_deep_steps_to_own_final_loss'], 0)} |"] if "scratch_deep_steps_to_own_final_loss" in g else []),
            "", f"(ii) pruning to half depth; full model: loss {_fmt(p['full_model_val_loss'], 4)}, "
            f"score {_fmt(p['full_model_score'])}", "",
            "| kept blocks | loss before | loss after | score before | score after |", "|---|---|---|---|---|"]
@@ -351,6 +361,9 @@ def main():
   parser.add_argument("--out", default="docs/sana15_mini")
   parser.add_argument("--config", default="tiny24", choices=["tiny24", "tiny"], help="the model and data (see above)")
   parser.add_argument("--steps", type=int, default=3000, help="training steps per growth phase")
+  parser.add_argument("--smooth", type=int, default=250, help="loss curves are compared as means over this many "
+                      "steps (one step's loss moves by about ±0.05 with the batch and the noise draw, so a short "
+                      "window reaches a target by chance)")
   parser.add_argument("--finetune", type=int, default=200, help="fine-tune steps after pruning")
   parser.add_argument("--prompts", type=int, default=24, help="held-out prompts for best-of-N")
   parser.add_argument("--max_n", type=int, default=32)
@@ -364,7 +377,7 @@ def main():
       print(report(json.load(f)))
     return
   if args.quick:
-    args.steps, args.finetune, args.prompts, args.max_n, args.eval_images = 30, 10, 4, 4, 12
+    args.steps, args.finetune, args.prompts, args.max_n, args.eval_images, args.smooth = 30, 10, 4, 4, 12, 10
     args.seeds, args.judge_steps = "1", 50
   seeds = [int(s) for s in args.seeds.split(",")]
   os.makedirs(args.out, exist_ok=True)
@@ -388,7 +401,7 @@ def main():
              "growth": [], "pruning": [], "best_of_n": []}
   curves = {}
   for seed in seeds:
-    growth, deep, curves[seed] = part_growth(trainer, cfg, args.steps, seed, args.eval_images)
+    growth, deep, curves[seed] = part_growth(trainer, cfg, args.steps, seed, args.eval_images, args.smooth)
     results["growth"].append(growth)
     print(json.dumps(growth), flush=True)
     results["pruning"].append(part_pruning(trainer, cfg, deep, args.finetune, hb, args.eval_images, seed,
@@ -396,7 +409,10 @@ def main():
     print(json.dumps(results["pruning"][-1]), flush=True)
     results["best_of_n"].append(part_best_of_n(trainer, cfg, deep, args.prompts, args.max_n, judge, seed))
     print(json.dumps(results["best_of_n"][-1]), flush=True)
-  _plot_curves(args.out, curves)
+  _plot_curves(args.out, curves, args.smooth)
+  np.savez_compressed(os.path.join(args.out, "loss_curves.npz"),  # every step's loss, for other comparisons
+                      **{f"seed{seed}_{phase}": np.asarray(c, np.float32) for seed, cs in curves.items()
+                         for phase, c in zip(("shallow", "grown", "scratch"), cs)})
   results["summary"] = summarize(results["growth"], results["pruning"], results["best_of_n"])
   results["seconds"] = round(time.time() - t0, 1)
   with open(os.path.join(args.out, "results.json"), "w") as f:
