@@ -10,9 +10,9 @@ noise level than one of 16 latent channels, as SANA raises the shift with resolu
 CFG 2. Each caption token also carries the two tokens before it (`codecs.text_context`, as a
 causal LM's features do), so "red circle" and "blue circle" give different "circle" tokens and
 colour attribution can be read. The job ends by scoring one sample per held-out prompt and then
-the best of 16, kept by a contrastive judge it fits on renders (SANA 1.5's inference-time scaling). Measured against tiny.py
-and other settings in docs/training.md ("Layout cells as tokens", eleventh round; "Words that
-carry their context", twelfth).
+the best of 16, kept by a contrastive judge it fits on renders (SANA 1.5's inference-time
+scaling). Measured against tiny.py and other settings in docs/training.md ("Layout cells as
+tokens", eleventh round; "Words that carry their context", twelfth).
 """
 from sana_jax.configs import tiny
 

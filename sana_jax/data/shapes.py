@@ -144,8 +144,9 @@ def parse_caption(caption: str) -> SceneSpec:
 def sample_spec(rng: np.random.Generator, task: str) -> SceneSpec:
   """A random spec of the given GenEval-style task."""
   def pick(options, k=None):
-    # options[rng.integers(n)] is the draw rng.choice(options) makes, without building an array
-    return options[int(rng.integers(0, len(options)))] if k is None else [str(o) for o in rng.choice(options, size=k, replace=False)]
+    if k is None:  # options[rng.integers(n)] is the draw rng.choice(options) makes, without an array
+      return options[int(rng.integers(0, len(options)))]
+    return [str(o) for o in rng.choice(options, size=k, replace=False)]
 
   relation = None
   if task == "single_object":
