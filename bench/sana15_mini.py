@@ -7,8 +7,9 @@ change with it) and reported as mean and spread over the seeds.
 (i)   growth: train a depth-D/2 model for `steps` steps, grow it to depth D (constant, identity new
       blocks) and train `steps` more; train a depth-D model from scratch for 2*`steps` steps. Report
       the deep steps (and block-steps, a compute measure) the grown run needs to reach the scratch
-      run's final loss (both as --smooth-step means), and its evaluator score at each quarter of the grown phase against
-      the scratch run's score at the end.
+      run's final loss (both as --smooth-step means; and the steps the scratch run itself needs by
+      that criterion), and its evaluator score at each quarter of the grown phase against the
+      scratch run's score at the end.
 (ii)  pruning: prune the scratch depth-D model to D/2 blocks by block importance, by dropping the
       last blocks and by a random choice; held-out flow loss (fixed noise and timesteps) and the
       shapes evaluator's score before and after `finetune` steps.
@@ -27,6 +28,7 @@ loss_curves.png and importance.png under --out.
 import argparse
 import json
 import os
+import pathlib
 import sys
 import time
 
@@ -300,7 +302,7 @@ def summarize(growth, pruning, best):
   g = {k: spread([r[k] for r in growth]) for k in (
       "scratch_final_smoothed_loss", "grown_final_smoothed_loss", "grown_deep_steps_to_scratch_loss",
       "grown_deep_steps_to_scratch_score", "grown_block_steps_to_scratch_loss", "grown_block_steps_to_scratch_score",
-      "scratch_deep_steps_to_own_final_loss") if all(k in r for r in growth)}
+      "scratch_deep_steps_to_own_final_loss")}
   g["scratch_final_score"] = spread([r["scratch_scores"][-1][1] for r in growth])
   g["grown_final_score"] = spread([r["grown_scores"][-1][1] for r in growth])
   g["scratch_block_steps"] = growth[0]["scratch_block_steps"]
@@ -384,17 +386,15 @@ def main():
   t0 = time.time()
   cfg = bench_config(args.config)
   trainer = Trainer(cfg)
-  judge_dir = os.path.join(args.out, "judge")
-  if os.path.isdir(judge_dir):
-    judge = contrastive.load(judge_dir)
-    if judge.scorer.config.image_size != cfg.data.image_size:
-      sys.exit(f"{judge_dir} judges {judge.scorer.config.image_size}px images but --config {args.config} "
-               f"draws {cfg.data.image_size}px ones; pass another --out or move that folder away")
-  else:
+  if args.quick:  # a 50-step judge, never saved where a real run would read it
     judge = contrastive.fit(steps=args.judge_steps,
                             config=contrastive.ContrastiveConfig(image_size=cfg.data.image_size))
-    if not args.quick:
-      judge.save(judge_dir)
+  else:  # the training loop's: <out>/judge read (its image size checked) or fitted and saved there
+    cfg.sampling.eval_judge_steps = args.judge_steps
+    try:
+      judge = loop.load_or_fit_judge(cfg, pathlib.Path(args.out))
+    except ValueError as err:
+      sys.exit(str(err))
   print(f"contrastive judge: {judge.report}", flush=True)
   hb = heldout_batch(trainer, cfg)
   results = {"config": args.config, "args": vars(args), "device": str(jax.devices()[0]), "judge": judge.report,
