@@ -85,7 +85,7 @@ class Trainer:
     update = self._update(model.cfg)
     graphdef = nnx.graphdef(model)
     losses, scores = [], []
-    with host.Prefetcher(data, prepare, depth=2) as batches:
+    with host.Prefetcher(data, prepare, depth=2, thread_priority=self.cfg.data.thread_priority) as batches:
       for i in range(num_steps):
         state, metrics = update(state, next(batches)[0])
         losses.append(metrics["loss"])  # read back at the end: no sync per step

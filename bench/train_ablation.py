@@ -64,7 +64,7 @@ def run(cfg, num_steps, seconds=None, codecs=None):
   prepare = lambda b: jax.device_put(loop.encode_batch(b, autoencoder, text_encoder, in_step=True))
   losses, pending, compile_s = [], [], None
   done = 0
-  with host.Prefetcher(data, prepare, depth=3) as batches:
+  with host.Prefetcher(data, prepare, depth=3, thread_priority=cfg.data.thread_priority) as batches:
     while done < num_steps:
       batch, _ = next(batches)  # (prepared batch, iterator state)
       state, m = update(state, batch)

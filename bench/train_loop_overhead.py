@@ -4,18 +4,22 @@
 
 The bare step runs `update(state, batch)` back to back on batches prepared beforehand (the first
 `steps` batches of the same pipeline, captions encoded and sharded; the images are encoded inside
-the step, as in the loop) and blocks once at the end.
+the step, as in the loop), blocking at the end of every `log_every` steps to time that window.
 The loop runs the real `python -m sana_jax.train` loop for the same number of steps (data read,
 captions encoded and sharded on its prefetch thread, metrics read back at log steps, tqdm, TensorBoard,
-one checkpoint at the end), its time per step taken from metrics.jsonl's step_time of every log
-window but the first (which holds the compilation). Bare and loop alternate (`--rounds` loops,
-each between two bare runs); each loop run is divided by the mean of its two neighbours, and the
-median of those ratios is printed, so a change of machine load shows as their spread.
+one checkpoint at the end), its windows' times per step taken from metrics.jsonl's step_time (all
+but the first window, which holds the compilation). Each run's figure is the median of its windows'
+times per step, the same statistic on both sides, so a window that another process on the machine
+slowed does not decide it. Bare and loop alternate (`--rounds` loops, each between two bare runs);
+each loop run is divided by the mean of its two neighbours, and the median of those ratios is
+printed, so a change of machine load shows as their spread. `data.thread_priority=normal` as an
+override measures the loop without idle-priority data threads.
 """
 import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -33,8 +37,9 @@ from sana_jax.optim.registry import build_optimizer, make_schedule  # noqa: E402
 from sana_jax.training import autoencoder_fit, loop, sharding, step, train_state  # noqa: E402
 
 
-def bare_step_time(cfg, batches, codecs) -> float:
-  """Seconds per step of the jitted update alone over `batches` (compiled and warmed first)."""
+def bare_step_time(cfg, batches, codecs, window: int) -> float:
+  """Seconds per step of the jitted update alone over `batches` (compiled and warmed first): the
+  median over windows of `window` steps."""
   mesh = sharding.create_mesh(cfg.mesh)
   rules = sharding.axis_rules(cfg.mesh)
   tx = build_optimizer(cfg.optimizer)
@@ -50,11 +55,14 @@ def bare_step_time(cfg, batches, codecs) -> float:
   for batch in batches[:3]:  # compile + warm up
     state, metrics = update(state, batch)
   jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for batch in batches:
-    state, metrics = update(state, batch)
-  jax.block_until_ready((state, metrics))
-  return (time.perf_counter() - start) / len(batches)
+  times = []
+  for first in range(0, len(batches) - window + 1, window):
+    start = time.perf_counter()
+    for batch in batches[first:first + window]:
+      state, metrics = update(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append((time.perf_counter() - start) / window)
+  return statistics.median(times)
 
 
 def prepared_batches(cfg, count, codecs):
@@ -67,15 +75,15 @@ def prepared_batches(cfg, count, codecs):
 
 
 def loop_step_time(cfg, workdir, fitted) -> float:
-  """The loop's steady step time in a fresh workdir (given the fitted autoencoder, if any, so the
-  loop does not fit it again)."""
+  """The loop's steady step time in a fresh workdir, the median over its log windows (given the
+  fitted autoencoder, if any, so the loop does not fit it again)."""
   autoencoder = os.path.join(fitted, autoencoder_fit.FOLDER)
   if os.path.isdir(autoencoder):
     shutil.copytree(autoencoder, os.path.join(workdir, autoencoder_fit.FOLDER))
   loop.train_and_evaluate(cfg, workdir)
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   steady = records[1:]  # the first window includes compilation
-  return sum(r["step_time"] for r in steady) / len(steady)
+  return statistics.median(r["step_time"] for r in steady)
 
 
 def main():
@@ -98,14 +106,16 @@ def main():
     batches = prepared_batches(cfg, args.steps, codecs)
     jax.config.update("jax_compilation_cache_dir", os.path.join(tmp, "xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    bare = [bare_step_time(cfg, batches, codecs)]
+    bare = [bare_step_time(cfg, batches, codecs, args.log_every)]
     loops = []
     for r in range(args.rounds):
       loops.append(loop_step_time(cfg, os.path.join(tmp, f"run{r}"), fitted))
-      bare.append(bare_step_time(cfg, batches, codecs))
+      bare.append(bare_step_time(cfg, batches, codecs, args.log_every))
   ratios = [t / ((bare[i] + bare[i + 1]) / 2) for i, t in enumerate(loops)]
   print(f"{cfg.model.name}, batch {cfg.train.batch_size}, {args.steps} steps per run, "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s), data threads "
+        f"{pipeline.DataThreads.resolve(cfg.data.thread_priority)} priority; per run the median of "
+        f"{args.log_every}-step windows")
   print("bare jitted step: " + ", ".join(f"{t * 1e3:.1f}" for t in bare) + " ms/step")
   print("training loop:    " + ", ".join(f"{t * 1e3:.1f}" for t in loops) + " ms/step")
   print("loop / bare:      " + ", ".join(f"{r:.3f}" for r in ratios) +

@@ -16,6 +16,7 @@ to load are replaced by the next loadable index (logged and counted), so a corru
 training and never changes a batch's shape.
 """
 import logging
+import os
 import sys
 import threading
 
@@ -28,6 +29,7 @@ from sana_jax.data import buckets, shapes
 
 log = logging.getLogger(__name__)
 SOURCES = ("shapes", "folder", "tfds", "cache")  # "cache": latents written by `sana_jax.preprocess`
+THREAD_PRIORITIES = ("auto", "idle", "normal")
 _MAX_CONSECUTIVE_FAILURES = 32
 
 
@@ -53,7 +55,86 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.num_threads = 2              # Grain read threads (batches prepared in parallel)
   c.prefetch_buffer_size = 4
   c.num_workers = 0              # > 0: Grain worker processes (mp_prefetch)
+  c.thread_priority = "auto"     # the threads making batches while the training loop runs: "idle" |
+                                 # "normal" | "auto" (idle when JAX computes on the CPU); DataThreads
   return c
+
+
+class DataThreads:
+  """The scheduling class of the threads that make batches: Grain's read threads (the pipeline's
+  loader) and the training loop's prefetch thread, each of which calls `enter()` before each batch.
+
+  The consumer that can tell whether batches come late, `training.host.Prefetcher`, sets the class
+  for as long as it runs (`configure(data.thread_priority)`, then `configure("normal")`); other
+  readers of the pipeline leave the threads in the normal class. With "idle" each batch thread runs
+  in Linux's SCHED_IDLE class: it gets a core only when no ordinary thread wants one, and gives it
+  back the moment one does. When the train step itself runs on the CPU (the default job),
+  rendering and packing the next batch then fills the step's idle gaps instead of taking a core
+  from XLA's threads in the middle of an op (docs/benchmarks.md, "Training-loop overhead"). "auto"
+  is "idle" when JAX's default backend is the CPU and "normal" on an accelerator, whose host has
+  cores to spare. If the consumer still waits for batches (`waited`: over a second in all, e.g.
+  other processes keep every core busy), the threads go back to the normal class until the next
+  `configure`, with one warning. Elsewhere than Linux, and on the main thread, nothing changes.
+  One per process (a thread's class is the process's business): `DATA_THREADS`.
+  """
+
+  _FALL_BACK_AFTER_S = 1.0
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._idle = False          # whether batch threads should be idle now
+    self._failed = False        # the system refused a change once: stop trying
+    self._waited = 0.0
+
+  @staticmethod
+  def check(priority: str) -> None:
+    if priority not in THREAD_PRIORITIES:
+      raise ValueError(f"data.thread_priority must be one of {THREAD_PRIORITIES}, got {priority!r}")
+
+  @staticmethod
+  def resolve(priority: str) -> str:
+    """"idle" | "normal" for a data.thread_priority value (ValueError naming the choices)."""
+    DataThreads.check(priority)
+    if priority == "auto":
+      import jax
+      return "idle" if jax.default_backend() == "cpu" else "normal"
+    return priority
+
+  def configure(self, priority: str) -> None:
+    """From now on batch threads take this class (as each next calls `enter`)."""
+    idle = self.resolve(priority) == "idle" and hasattr(os, "SCHED_IDLE")
+    with self._lock:
+      self._idle, self._waited = idle, 0.0
+
+  def enter(self) -> None:
+    """Puts the calling (batch-making) thread in the class currently asked for (a thread a batch
+    thread starts inherits its class, so each one checks its own every time: one system call)."""
+    if self._failed or threading.current_thread() is threading.main_thread() or not hasattr(os, "SCHED_IDLE"):
+      return
+    want = os.SCHED_IDLE if self._idle else os.SCHED_OTHER
+    try:
+      if os.sched_getscheduler(0) != want:  # 0: the calling thread
+        os.sched_setscheduler(0, want, os.sched_param(0))
+    except OSError as e:  # e.g. a sandbox that forbids it: leave every thread as it is
+      self._failed = True
+      log.warning("data threads: cannot change their scheduling class (%s); they keep theirs", e)
+
+  def waited(self, seconds: float) -> None:
+    """The consumer waited `seconds` for a batch; past the limit, idle threads go back to normal."""
+    with self._lock:
+      self._waited += seconds
+      if not self._idle or self._waited <= self._FALL_BACK_AFTER_S:
+        return
+      self._idle = False
+    log.warning("the data threads at idle priority kept the step waiting %.1f s in all (the cores "
+                "are busy with other work?); they run at normal priority from now on", self._waited)
+
+  @property
+  def idle(self) -> bool:
+    return self._idle
+
+
+DATA_THREADS = DataThreads()
 
 
 def build_source(cfg: ml_collections.ConfigDict):
@@ -119,6 +200,7 @@ class _BatchLoader:
                        f"{self.source!r} failed to load; is the data readable?")
 
   def __call__(self, batch_number: int) -> dict:
+    DATA_THREADS.enter()
     epoch, position = divmod(int(batch_number), self.batches_per_epoch)
     indices = self._plan(epoch)[position][self.host_slice]
     loaded = [self._load(int(index)) for index in indices]
@@ -150,6 +232,7 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, global_batch_size: int, se
     raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of shard_count {shard_count}")
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
+  DataThreads.check(data_cfg.get("thread_priority", "auto"))  # used by the loop's Prefetcher
   source = build_source(data_cfg) if source is None else source
   if hasattr(source, "bucket_ids"):  # the latent cache fixed its buckets when it was written
     keys, sizes, bucket_ids = source.bucket_keys(), source.bucket_sizes(), source.bucket_ids()

@@ -10,9 +10,12 @@ all processes of a multi-host job, or the next collective hangs: `distributed.an
 import queue
 import signal
 import threading
+import time
 
 import jax
 import numpy as np
+
+from sana_jax.data.pipeline import DATA_THREADS
 
 _END = object()
 
@@ -22,12 +25,17 @@ class Prefetcher:
   data loading: the host encodes and shards batch k+1 while the device runs step k).
 
   Yields (prepared batch, iterator state after that batch), so a checkpoint records the position
-  of the batches actually consumed, not of those prefetched.
+  of the batches actually consumed, not of those prefetched. While it runs, the batch-making
+  threads (this one and the pipeline's) are in the scheduling class `thread_priority` names
+  (`pipeline.DATA_THREADS`: "idle" | "normal" | "auto", the config's `data.thread_priority`), and
+  the time the consumer waits for a batch, after the first, is reported there.
   """
 
-  def __init__(self, iterator, prepare, depth: int = 2):
-    self._iterator, self._prepare = iterator, prepare
+  def __init__(self, iterator, prepare, depth: int = 2, thread_priority: str = "normal"):
+    DATA_THREADS.resolve(thread_priority)  # a bad name is refused before the thread starts
+    self._iterator, self._prepare, self._priority = iterator, prepare, thread_priority
     self._queue = queue.Queue(maxsize=max(1, depth))
+    self._served = 0
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, name="sana_jax_prefetch", daemon=True)
 
@@ -39,6 +47,8 @@ class Prefetcher:
         except StopIteration:
           self._put(_END)
           return
+        # After the first next(): threads the iterator starts then inherit the normal class.
+        DATA_THREADS.enter()
         self._put((self._prepare(item), self._iterator.get_state()))
     except BaseException as e:  # noqa: BLE001 - re-raised in the consuming thread
       self._put(e)
@@ -52,6 +62,7 @@ class Prefetcher:
         continue
 
   def __enter__(self):
+    DATA_THREADS.configure(self._priority)
     self._thread.start()
     return self
 
@@ -59,7 +70,14 @@ class Prefetcher:
     return self
 
   def __next__(self):
-    item = self._queue.get()
+    try:
+      item = self._queue.get_nowait()
+    except queue.Empty:
+      start = time.perf_counter()
+      item = self._queue.get()
+      if self._served:  # the first batch is always waited for
+        DATA_THREADS.waited(time.perf_counter() - start)
+    self._served += 1
     if item is _END:
       raise StopIteration
     if isinstance(item, BaseException):
@@ -69,6 +87,7 @@ class Prefetcher:
   def __exit__(self, *exc):
     self._stop.set()
     self._thread.join(timeout=30)
+    DATA_THREADS.configure("normal")
 
 
 class StopSignals:

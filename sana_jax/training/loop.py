@@ -415,7 +415,8 @@ def _run_steps(cfg, workdir, is_main, ckpt, tx, abstract, shardings, mesh, rules
                   dynamic_ncols=True)
   current = first_step
   try:
-    with host.StopSignals() as stop, host.Prefetcher(data, prepare, depth=2) as batches:
+    prefetcher = host.Prefetcher(data, prepare, depth=2, thread_priority=cfg.data.thread_priority)
+    with host.StopSignals() as stop, prefetcher as batches:
       for current in range(first_step, num_steps):
         at_log = current % log_every == 0
         if (single_process or at_log) and distributed.any_process(stop.requested):

@@ -34,6 +34,7 @@ FIELDS_ADDED_LATER = {"codecs.scaling_factor": 1.0, "model.prediction": "velocit
                       "model.pooled_caption": False, "codecs.text_context": 0,
                       "sampling.guidance_interval": [0.0, 1.0],
                       "sampling.eval_best_of": 0, "sampling.eval_judge_steps": 1500,
+                      "data.thread_priority": "normal",
                       # the fitted autoencoder's settings (used only with codecs.autoencoder="conv_fit")
                       "codecs.fit_widths": [16, 32, 32], "codecs.fit_latent_channels": 16,
                       "codecs.fit_steps": 600, "codecs.fit_batch_size": 64,
