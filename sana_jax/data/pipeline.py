@@ -15,6 +15,7 @@ batch numbers, so an iterator's state is just its position and resuming is exact
 to load are replaced by the next loadable index (logged and counted), so a corrupt file never stops
 training and never changes a batch's shape.
 """
+import functools
 import logging
 import os
 import sys
@@ -71,8 +72,9 @@ class DataThreads:
   back the moment one does. When the train step itself runs on the CPU (the default job),
   rendering and packing the next batch then fills the step's idle gaps instead of taking a core
   from XLA's threads in the middle of an op (docs/benchmarks.md, "Training-loop overhead"). "auto"
-  is "idle" when JAX's default backend is the CPU and "normal" on an accelerator, whose host has
-  cores to spare. If the consumer still waits for batches (`waited`: over a second in all, e.g.
+  is "idle" when JAX's default backend is the CPU and the process may leave the idle class again
+  (`idle_is_reversible`: root, or an RLIMIT_NICE of 20), else "normal" (an accelerator's host has
+  cores to spare). If the consumer still waits for batches (`waited`: over a second in all, e.g.
   other processes keep every core busy), the threads go back to the normal class until the next
   `configure`, with one warning. Elsewhere than Linux, and on the main thread, nothing changes.
   One per process (a thread's class is the process's business): `DATA_THREADS`.
@@ -97,7 +99,7 @@ class DataThreads:
     DataThreads.check(priority)
     if priority == "auto":
       import jax
-      return "idle" if jax.default_backend() == "cpu" else "normal"
+      return "idle" if jax.default_backend() == "cpu" and idle_is_reversible() else "normal"
     return priority
 
   def configure(self, priority: str) -> None:
@@ -132,6 +134,30 @@ class DataThreads:
   @property
   def idle(self) -> bool:
     return self._idle
+
+
+@functools.lru_cache(maxsize=1)
+def idle_is_reversible() -> bool:
+  """Whether a thread of this process can enter SCHED_IDLE and leave it again. Leaving needs
+  CAP_SYS_NICE or an RLIMIT_NICE of 20 (Linux treats SCHED_IDLE as nice 20), which root has and an
+  ordinary user usually has not; without it the fall-back to normal priority could not happen, so
+  "auto" stays "normal". Tried once, on a throwaway thread."""
+  if not hasattr(os, "SCHED_IDLE"):
+    return False
+  result = []
+
+  def probe():
+    try:
+      os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+      os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+      result.append(True)
+    except OSError:
+      result.append(False)
+
+  thread = threading.Thread(target=probe, name="sana_jax_sched_probe")
+  thread.start()
+  thread.join()
+  return result[0]
 
 
 DATA_THREADS = DataThreads()

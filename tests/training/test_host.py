@@ -12,6 +12,8 @@ from sana_jax.data import pipeline
 from sana_jax.training import host
 
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+reversible = pytest.mark.skipif(not pipeline.idle_is_reversible(),
+                                reason="this user may enter SCHED_IDLE but not leave it (no CAP_SYS_NICE)")
 
 
 class _RecordingSource:
@@ -47,7 +49,7 @@ def _prefetch(source, priority, batches):
   return got, prepared_in
 
 
-@linux_only
+@reversible
 def test_idle_priority_puts_every_batch_thread_in_sched_idle_and_leaves_the_main_thread_alone():
   source = _RecordingSource()
   got, prepared_in = _prefetch(source, "idle", batches=6)
@@ -72,7 +74,7 @@ def test_normal_priority_changes_nothing():
   assert set(prepared_in) == {os.SCHED_OTHER}
 
 
-@linux_only
+@reversible
 def test_a_consumer_kept_waiting_puts_the_threads_back_in_the_normal_class_with_one_warning(caplog):
   classes = []
 
@@ -112,6 +114,15 @@ def test_an_unknown_priority_is_refused_in_one_line_before_any_thread_starts():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto's choice on the CPU")
-def test_auto_is_idle_when_the_step_runs_on_the_cpu():
-  assert pipeline.DataThreads.resolve("auto") == "idle"
+def test_auto_is_idle_on_the_cpu_only_where_the_threads_could_leave_it_again():
+  assert pipeline.DataThreads.resolve("auto") == ("idle" if pipeline.idle_is_reversible() else "normal")
   assert pipeline.DataThreads.resolve("normal") == "normal"
+
+
+@linux_only
+def test_the_reversibility_probe_agrees_with_the_process_rights():
+  import resource
+  cap_eff = next(int(line.split()[1], 16) for line in open("/proc/self/status") if line.startswith("CapEff:"))
+  cap_sys_nice = bool(cap_eff >> 23 & 1)  # CAP_SYS_NICE is capability 23
+  allowed = cap_sys_nice or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+  assert pipeline.idle_is_reversible() == allowed
