@@ -51,7 +51,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.size_multiple = 32           # bucket sides are multiples of this (autoencoder factor x patch size)
   c.shapes_num_examples = 100_000
   c.shapes_seed = 0              # what the shapes look like; the shuffle comes from make_dataset's seed
-  c.shapes_tasks = shapes.TASKS
+  c.shapes_tasks = shapes.TASKS  # tasks cycle with the index: one named twice is drawn twice as often
   c.num_epochs = ml_collections.config_dict.placeholder(int)  # None = forever
   c.num_threads = 2              # Grain read threads (batches prepared in parallel)
   c.prefetch_buffer_size = 4

@@ -168,9 +168,10 @@ def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):
 
 
 def heldout_shapes(cfg, count: int):
-  """Prompts and specs the model was not trained on: the shapes generator with another seed."""
+  """Prompts and specs the model was not trained on: the shapes generator with another seed, the
+  tasks of data.shapes_tasks each once (a task named twice there weights training, not the score)."""
   source = shapes.ShapesSource(count, cfg.data.image_size, cfg.data.shapes_seed + 1,
-                               tuple(cfg.data.shapes_tasks))
+                               tuple(dict.fromkeys(cfg.data.shapes_tasks)))
   specs = [source.spec(i) for i in range(count)]
   return [s.caption for s in specs], specs
 
