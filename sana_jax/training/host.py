@@ -32,7 +32,7 @@ class Prefetcher:
   """
 
   def __init__(self, iterator, prepare, depth: int = 2, thread_priority: str = "normal"):
-    DATA_THREADS.resolve(thread_priority)  # a bad name is refused before the thread starts
+    DATA_THREADS.check(thread_priority)  # a bad name is refused before the thread starts
     self._iterator, self._prepare, self._priority = iterator, prepare, thread_priority
     self._queue = queue.Queue(maxsize=max(1, depth))
     self._served = 0
