@@ -278,3 +278,10 @@ class ShapesSource:
 
   def __repr__(self) -> str:
     return f"ShapesSource(num_examples={self.num_examples}, image_size={self.image_size}, seed={self.seed})"
+
+
+def heldout_source(count: int, image_size: int, training_seed: int, tasks=TASKS) -> ShapesSource:
+  """The held-out scenes of a run trained on ShapesSource(..., training_seed, tasks): the generator
+  with the next seed and each task of `tasks` once (a task named twice weights training, not the
+  score), so every held-out check of a run reads the same scenes."""
+  return ShapesSource(count, image_size, training_seed + 1, tuple(dict.fromkeys(tasks)))

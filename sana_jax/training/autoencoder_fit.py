@@ -108,9 +108,10 @@ def fit(cfg, progress: bool = True) -> tuple[ConvAutoencoder, dict]:
 
 def reconstruction_score(vae: ConvAutoencoder, cfg, count: int = 192) -> float:
   """The shapes evaluator's overall score of the autoencoder's reconstructions of `count` held-out
-  images (an autoencoder that loses shapes caps every model trained on its latents)."""
+  images, the scenes the training loop scores (an autoencoder that loses shapes caps every model
+  trained on its latents)."""
   from sana_jax.data import shapes, shapes_eval
-  source = shapes.ShapesSource(count, cfg.data.image_size, cfg.data.shapes_seed + 1, tuple(cfg.data.shapes_tasks))
+  source = shapes.heldout_source(count, cfg.data.image_size, cfg.data.shapes_seed, cfg.data.shapes_tasks)
   images, specs = source.first(count)
   decoded = np.clip(np.asarray(vae.decode(vae.encode(images))), -1.0, 1.0)
   return round(shapes_eval.score(list(decoded), specs)["overall"], 3)

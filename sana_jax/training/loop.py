@@ -168,10 +168,9 @@ def make_sampler(graphdef, autoencoder, text_encoder, sampling_cfg, mesh=None):
 
 
 def heldout_shapes(cfg, count: int):
-  """Prompts and specs the model was not trained on: the shapes generator with another seed, the
-  tasks of data.shapes_tasks each once (a task named twice there weights training, not the score)."""
-  source = shapes.ShapesSource(count, cfg.data.image_size, cfg.data.shapes_seed + 1,
-                               tuple(dict.fromkeys(cfg.data.shapes_tasks)))
+  """Prompts and specs the model was not trained on: `shapes.heldout_source` of the run's data
+  (another seed; each task of data.shapes_tasks once, however often training draws it)."""
+  source = shapes.heldout_source(count, cfg.data.image_size, cfg.data.shapes_seed, cfg.data.shapes_tasks)
   specs = [source.spec(i) for i in range(count)]
   return [s.caption for s in specs], specs
 
