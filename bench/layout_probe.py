@@ -66,7 +66,7 @@ def column_counts(images, caption):
   counts = {s: [0, 0, 0] for s in shapes.SHAPES}
   correct = []
   for image in images:
-    pixels = np.round((np.asarray(image) + 1.0) * 127.5).astype(np.uint8)
+    pixels = shapes_eval.to_uint8(image)
     third = pixels.shape[1] / 3
     for obj in shapes_eval.detect_objects(pixels):
       counts.setdefault(obj.shape, [0, 0, 0])[min(int(obj.centroid[1] // third), 2)] += 1
